@@ -1,0 +1,90 @@
+"""Offline evaluation: accuracy, macro-F1, log loss, a per-intent table, a confusion plot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    classes: tuple[str, ...]
+    accuracy: float
+    macro_f1: float
+    log_loss: float
+    n: int
+    per_class: pd.DataFrame  # precision, recall, f1, support per intent
+    confusion: np.ndarray  # rows: true intent, columns: predicted
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        return {f"{prefix}accuracy": self.accuracy, f"{prefix}macro_f1": self.macro_f1,
+                f"{prefix}log_loss": self.log_loss}
+
+
+def evaluate(proba: np.ndarray, y_true: Sequence[str], classes: Sequence[str]) -> Evaluation:
+    """Score class probabilities (columns in `classes` order) against true labels."""
+    classes = tuple(classes)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({y for y in y_true if y not in index})
+    if unknown:
+        raise ValueError(f"labels not among the model's classes: {', '.join(unknown[:5])}")
+    if len(y_true) == 0:
+        raise ValueError("nothing to evaluate")
+    y = np.fromiter((index[v] for v in y_true), np.int64, len(y_true))
+    pred = proba.argmax(axis=1)
+    picked = np.clip(proba[np.arange(len(y)), y], 1e-15, 1.0)
+    labels = np.arange(len(classes))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y, pred, labels=labels, zero_division=0
+    )
+    per_class = pd.DataFrame(
+        {"precision": precision, "recall": recall, "f1": f1, "support": support},
+        index=pd.Index(classes, name="intent"),
+    )
+    present = support > 0  # macro-F1 over intents that occur in this set
+    return Evaluation(
+        classes=classes,
+        accuracy=float((pred == y).mean()),
+        macro_f1=float(f1[present].mean()),
+        log_loss=float(-np.log(picked).mean()),
+        n=len(y),
+        per_class=per_class,
+        confusion=confusion_matrix(y, pred, labels=labels),
+    )
+
+
+def plot_confusion(evaluation: Evaluation, path: str | Path, title: str = "") -> Path:
+    """Write a row-normalised confusion matrix as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = evaluation.confusion.astype(float)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    k = len(evaluation.classes)
+    fig, ax = plt.subplots(figsize=(0.45 * k + 3, 0.45 * k + 2.5))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), evaluation.classes, rotation=90, fontsize=8)
+    ax.set_yticks(range(k), evaluation.classes, fontsize=8)
+    ax.set_xlabel("predicted intent")
+    ax.set_ylabel("true intent")
+    ax.set_title(title or f"accuracy {evaluation.accuracy:.3f}, macro-F1 {evaluation.macro_f1:.3f}"
+                 f" (n={evaluation.n})")
+    for i in range(k):
+        for j in range(k):
+            if counts[i, j]:
+                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.04, label="share of true intent")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
