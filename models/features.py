@@ -14,7 +14,7 @@ between short and long utterances.
 >>> spec = FeatureSpec(bits=18)
 >>> x = hash_features("Turn on WiFi!", {"device": "ios"}, spec)
 >>> len(x.indices), round(float((x.values ** 2).sum()), 6)
-(35, 1.0)
+(23, 1.0)
 """
 
 from __future__ import annotations
