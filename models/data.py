@@ -69,7 +69,7 @@ def validate_dataset(
         out["user_id"] = out["user_id"].astype("string").fillna("").astype(str)
     if "ts" in out.columns:
         try:
-            out["ts"] = pd.to_datetime(out["ts"], utc=True)
+            out["ts"] = pd.to_datetime(out["ts"], utc=True, format="ISO8601")
         except (ValueError, TypeError) as exc:
             raise DatasetError(f"{source}: column ts is not a timestamp: {exc}") from exc
     return out.reset_index(drop=True)
