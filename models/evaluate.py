@@ -79,7 +79,7 @@ def plot_confusion(evaluation: Evaluation, path: str | Path, title: str = "") ->
     for i in range(k):
         for j in range(k):
             if counts[i, j]:
-                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=6,
+                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=6,
                         color="white" if rates[i, j] > 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.04, label="share of true intent")
     fig.tight_layout()

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -103,7 +102,7 @@ class HeadDelta:
     @classmethod
     def from_bytes(cls, data: bytes) -> HeadDelta:
         with np.load(io.BytesIO(data), allow_pickle=False) as f:
-            dense = f["dense_weights"] if "dense_weights" in f else None
+            dense = f["dense_weights"] if "dense_weights" in f.files else None
             return cls(tuple(str(c) for c in f["classes"]), f["rows"], f["sparse_weights"], dense)
 
 
@@ -309,10 +308,11 @@ class FTRLProximal:
 # and use reciprocals, well inside the 1e-9 the tests hold the kernels to
 # against the plain reference.
 
-_JIT = {"cache": True, "fastmath": True, "error_model": "numpy"}
+_jit = numba.njit(cache=True, fastmath=True, error_model="numpy")
+_jit_inline = numba.njit(cache=True, fastmath=True, error_model="numpy", inline="always")
 
 
-@numba.njit(inline="always", **_JIT)
+@_jit_inline
 def _step(z: np.ndarray, n: np.ndarray, w: np.ndarray, g: np.ndarray, g_sq: np.ndarray,
           alpha: float, beta: float, l1: float, l2: float) -> None:
     """Algorithm 1 for one feature's coordinates: z, n, then w from the new z and n."""
@@ -328,7 +328,7 @@ def _step(z: np.ndarray, n: np.ndarray, w: np.ndarray, g: np.ndarray, g_sq: np.n
         w[k] = -np.copysign(max(abs(z_new) - l1, 0.0), z_new) / ((beta + root) * inv_alpha + l2)
 
 
-@numba.njit(**_JIT)
+@_jit
 def _softmax_inplace(v: np.ndarray) -> None:
     top = v.max()
     total = 0.0
@@ -339,14 +339,14 @@ def _softmax_inplace(v: np.ndarray) -> None:
         v[k] /= total
 
 
-@numba.njit(**_JIT)
+@_jit
 def _softmax_rows(logits: np.ndarray) -> np.ndarray:
     for r in range(logits.shape[0]):
         _softmax_inplace(logits[r])
     return logits
 
 
-@numba.njit(**_JIT)
+@_jit
 def _predict_one(indices: np.ndarray, values: np.ndarray, dense: np.ndarray,
                  w_sparse: np.ndarray, w_dense: np.ndarray) -> np.ndarray:
     logits = np.zeros(w_sparse.shape[1])
@@ -367,7 +367,7 @@ def _predict_one(indices: np.ndarray, values: np.ndarray, dense: np.ndarray,
     return logits
 
 
-@numba.njit(**_JIT)
+@_jit
 def _learn_one(indices: np.ndarray, values: np.ndarray, dense: np.ndarray, y: int,
                z_s: np.ndarray, n_s: np.ndarray, w_s: np.ndarray, z_d: np.ndarray,
                n_d: np.ndarray, w_d: np.ndarray, touched: np.ndarray, alpha: float,
@@ -396,7 +396,7 @@ def _learn_one(indices: np.ndarray, values: np.ndarray, dense: np.ndarray, y: in
         _step(z_d[j], n_d[j], w_d[j], g, g_sq, alpha, beta, l1, l2)
 
 
-@numba.njit(**_JIT)
+@_jit
 def _add_sparse_logits(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
                        w_sparse: np.ndarray, logits: np.ndarray) -> None:
     for r in range(indptr.shape[0] - 1):
@@ -408,7 +408,7 @@ def _add_sparse_logits(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray
                 out[k] += v * w[k]
 
 
-@numba.njit(**_JIT)
+@_jit
 def _sparse_step(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, error: np.ndarray,
                  z: np.ndarray, n: np.ndarray, w: np.ndarray, touched: np.ndarray,
                  slot: np.ndarray, alpha: float, beta: float, l1: float, l2: float) -> None:
@@ -443,7 +443,7 @@ def _sparse_step(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, erro
         _step(z[j], n[j], w[j], grad[s], grad_sq[s], alpha, beta, l1, l2)
 
 
-@numba.njit(**_JIT)
+@_jit
 def _dense_step(grad: np.ndarray, grad_sq: np.ndarray, z: np.ndarray, n: np.ndarray,
                 w: np.ndarray, alpha: float, beta: float, l1: float, l2: float) -> None:
     # A feature that was zero in every row has g**2 == 0: its step is a no-op.

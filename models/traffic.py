@@ -61,7 +61,7 @@ class TrafficConfig:
 
     @property
     def onset_index(self) -> int:
-        return int(round(self.onset * self.n_events))
+        return round(self.onset * self.n_events)
 
 
 @dataclass(frozen=True)
