@@ -19,10 +19,6 @@ app.add_typer(data_app, name="data")
 console = Console()
 
 
-class CliError(Exception):
-    """A problem the user can fix; shown without a traceback."""
-
-
 def fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code=2)
