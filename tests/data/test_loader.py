@@ -45,5 +45,5 @@ def test_wrong_file_type_and_missing_file(tmp_path) -> None:
     with pytest.raises(DatasetError, match="no such file"):
         load_dataset(tmp_path / "absent.csv")
     (tmp_path / "data.json").write_text("{}")
-    with pytest.raises(DatasetError, match=".csv or .parquet"):
+    with pytest.raises(DatasetError, match=r"\.csv or \.parquet"):
         load_dataset(tmp_path / "data.json")

@@ -101,7 +101,7 @@ def _total_variation(events: pd.DataFrame) -> float:
 def test_prior_shift_moves_the_intent_mix(streams) -> None:
     assert _total_variation(streams["stable"]) < 0.06
     assert _total_variation(streams["prior_shift"]) > 0.15  # users keep half their own habits
-    before, after = halves(streams["prior_shift"])
+    before, _ = halves(streams["prior_shift"])
     assert (before["label"] == before["true_label"]).mean() > 0.95  # labels stay honest
 
 
