@@ -152,7 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--river-events", type=int, default=1_000)
-    parser.add_argument("--batch", type=int, nargs="+", default=[32, 512])
+    parser.add_argument("--batch", type=int, nargs="+", default=[32, 128, 256, 512])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tiny-encoder", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
