@@ -90,8 +90,8 @@ def loopline_many(batch: Batch, y: np.ndarray, classes: list[str], params: FTRLP
     model = FTRLProximal(classes, SPEC.dim, 384, params)
     correct = 0
     for start in range(0, len(y), size):
-        part = Batch(batch.sparse[start : start + size], batch.dense[start : start + size])
-        proba = model.predict_then_learn_many(part, y[start : start + size])
+        proba = model.predict_then_learn_many(batch.take(slice(start, start + size)),
+                                              y[start : start + size])
         correct += int((proba.argmax(axis=1) == y[start : start + size]).sum())
     return correct / len(y)
 
@@ -166,7 +166,7 @@ def main() -> None:
     examples = [Example(batch.sparse[r].indices.astype(np.int64), batch.sparse[r].data,
                         batch.dense[r]) for r in range(n)]
     loopline_one(examples[:50], y[:50], classes, params)  # compile the kernels outside timing
-    loopline_many(Batch(batch.sparse[:64], batch.dense[:64]), y[:64],
+    loopline_many(batch.take(slice(64)), y[:64],
                   classes, params, 32)
 
     rows: dict[str, tuple[float, float, int]] = {}
@@ -190,7 +190,7 @@ def main() -> None:
     r = min(args.river_events, n)
     with console.status(f"River on {r:,} events"):
         rows["River OvR LogisticRegression(FTRL)"] = (*timed(lambda: river_run(batch, y, r), 1), r)
-    prefix_accuracy = loopline_many(Batch(batch.sparse[:r], batch.dense[:r]), y[:r], classes,
+    prefix_accuracy = loopline_many(batch.take(slice(r)), y[:r], classes,
                                     params, 1)
 
     report(rows, args, n, nnz, prefix_accuracy, r)

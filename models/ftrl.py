@@ -77,6 +77,10 @@ class Batch(NamedTuple):
     sparse: sp.csr_matrix
     dense: np.ndarray | None = None
 
+    def take(self, rows: slice | np.ndarray) -> Batch:
+        """The examples at `rows` (a slice or an index array), both parts alike."""
+        return Batch(self.sparse[rows], None if self.dense is None else self.dense[rows])
+
 
 @dataclass(frozen=True)
 class HeadDelta:

@@ -18,7 +18,7 @@ from models.catalog import INTENTS
 from models.encoder import Encoder
 from models.evaluate import Evaluation, evaluate
 from models.features import FeatureSpec
-from models.ftrl import Batch, FTRLProximal
+from models.ftrl import FTRLProximal
 from models.traffic import Traffic, TrafficConfig, generate
 from models.train import HeadConfig, featurize, train_head, user_records
 
@@ -69,11 +69,11 @@ def run_offline(config: OfflineConfig, encoder: Encoder, track: Track = _noop_tr
 
     train_rows = np.arange(cut)
     total = len(train_rows) * config.head.epochs
-    model = train_head(_rows(batch, train_rows), list(train["label"]), INTENTS, config.head,
+    model = train_head(batch.take(train_rows), list(train["label"]), INTENTS, config.head,
                        on_batch=track("train head", total))
 
     def score(rows: np.ndarray, truth: pd.Series) -> Evaluation:
-        return evaluate(model.predict_proba_many(_rows(batch, rows)), list(truth), INTENTS)
+        return evaluate(model.predict_proba_many(batch.take(rows)), list(truth), INTENTS)
 
     offset = len(events)
     after = drift_events["after_onset"].to_numpy()
@@ -86,6 +86,3 @@ def run_offline(config: OfflineConfig, encoder: Encoder, track: Track = _noop_tr
         traffic=traffic,
     )
 
-
-def _rows(batch: Batch, rows: np.ndarray) -> Batch:
-    return Batch(batch.sparse[rows], None if batch.dense is None else batch.dense[rows])

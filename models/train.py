@@ -65,8 +65,7 @@ def train_head(
         order = rng.permutation(len(y))
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size]
-            dense = None if batch.dense is None else batch.dense[idx]
-            model.learn_many(Batch(batch.sparse[idx], dense), y[idx])
+            model.learn_many(batch.take(idx), y[idx])
             if on_batch is not None:
                 on_batch(len(idx))
     return model
