@@ -371,6 +371,14 @@ def _predict_one(indices: np.ndarray, values: np.ndarray, dense: np.ndarray,
     return logits
 
 
+@_jit_inline
+def _gradient(error: np.ndarray, v: float, g: np.ndarray, g_sq: np.ndarray) -> None:
+    """g and g**2 of one feature with value `v`, for every class, into `g` and `g_sq`."""
+    for k in range(error.shape[0]):
+        g[k] = error[k] * v
+        g_sq[k] = g[k] * g[k]
+
+
 @_jit
 def _learn_one(indices: np.ndarray, values: np.ndarray, dense: np.ndarray, y: int,
                z_s: np.ndarray, n_s: np.ndarray, w_s: np.ndarray, z_d: np.ndarray,
@@ -386,17 +394,13 @@ def _learn_one(indices: np.ndarray, values: np.ndarray, dense: np.ndarray, y: in
             continue
         j = indices[a]
         touched[j] = True
-        for k in range(g.shape[0]):
-            g[k] = error[k] * v
-            g_sq[k] = g[k] * g[k]
+        _gradient(error, v, g, g_sq)
         _step(z_s[j], n_s[j], w_s[j], g, g_sq, alpha, beta, l1, l2)
     for j in range(dense.shape[0] + 1):
         v = dense[j] if j < dense.shape[0] else 1.0  # the last row is the bias
         if v == 0.0:
             continue
-        for k in range(g.shape[0]):
-            g[k] = error[k] * v
-            g_sq[k] = g[k] * g[k]
+        _gradient(error, v, g, g_sq)
         _step(z_d[j], n_d[j], w_d[j], g, g_sq, alpha, beta, l1, l2)
 
 
