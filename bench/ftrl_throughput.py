@@ -107,8 +107,9 @@ def vw_lines(batch: Batch, y: np.ndarray) -> list[str]:
 
 
 def vw_args(params: FTRLParams) -> str:
-    return (f"--ftrl --ftrl_alpha {params.alpha} --ftrl_beta {params.beta} --l1 {params.l1 / 1e3}"
-            f" --l2 {params.l2 / 1e3} --oaa {N_CLASSES} -b {SPEC.bits} --quiet")
+    # The same alpha, beta, l1 and l2: VW's FTRL uses them in the same per-coordinate formula.
+    return (f"--ftrl --ftrl_alpha {params.alpha} --ftrl_beta {params.beta} --l1 {params.l1}"
+            f" --l2 {params.l2} --oaa {N_CLASSES} -b {SPEC.bits} --quiet")
 
 
 def vw_native(path: Path, params: FTRLParams) -> float:
@@ -166,8 +167,7 @@ def main() -> None:
     examples = [Example(batch.sparse[r].indices.astype(np.int64), batch.sparse[r].data,
                         batch.dense[r]) for r in range(n)]
     loopline_one(examples[:50], y[:50], classes, params)  # compile the kernels outside timing
-    loopline_many(batch.take(slice(64)), y[:64],
-                  classes, params, 32)
+    loopline_many(batch.take(slice(64)), y[:64], classes, params, 32)
 
     rows: dict[str, tuple[float, float, int]] = {}
     with console.status("loopline learn_one"):
@@ -190,8 +190,7 @@ def main() -> None:
     r = min(args.river_events, n)
     with console.status(f"River on {r:,} events"):
         rows["River OvR LogisticRegression(FTRL)"] = (*timed(lambda: river_run(batch, y, r), 1), r)
-    prefix_accuracy = loopline_many(batch.take(slice(r)), y[:r], classes,
-                                    params, 1)
+    prefix_accuracy = loopline_many(batch.take(slice(r)), y[:r], classes, params, 1)
 
     report(rows, args, n, nnz, prefix_accuracy, r)
 
