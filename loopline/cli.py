@@ -3,44 +3,22 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+from loopline.cli_models import models_app
+from loopline.cli_train import flows_app, train
+from loopline.ui import console, fail, progress_display
 
 app = typer.Typer(help="loopline: an online-learning MLOps pipeline with a feedback loop.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Generate traffic or check your own data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console()
-
-
-def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code=2)
-
-
-@contextmanager
-def progress_display() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
-    """A rich progress display; yields `track(description, total) -> advance(n)`."""
-    with Progress(
-        TextColumn("[bold]{task.description:<12}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
-
-        def track(description: str, total: int) -> Callable[[int], None]:
-            task = progress.add_task(description, total=total)
-            return lambda n: progress.advance(task, n)
-
-        yield track
+app.add_typer(models_app, name="models")
+app.add_typer(flows_app, name="flows")
+app.command()(train)
 
 
 @data_app.command("generate")

@@ -1,0 +1,37 @@
+"""Deployments of the train flow: a nightly schedule and a retrain when drift is detected.
+
+`loopline flows serve` runs them in a long-lived process against a Prefect
+server (schedules and event triggers need a real server, not ephemeral mode).
+"""
+
+from __future__ import annotations
+
+from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+from prefect.schedules import Cron
+
+from flows.config import TrainConfig
+from flows.train import train_flow
+
+DRIFT_EVENT = "loopline.drift.detected"
+
+
+def build_deployments(cron: str = "0 3 * * *", encoder: str = "minilm") -> list[RunnerDeployment]:
+    """The nightly run and the drift-triggered run, same flow, same parameters."""
+    parameters = {"config": TrainConfig(encoder=encoder).model_dump(mode="json")}
+    nightly = train_flow.to_deployment(
+        name="nightly", schedules=[Cron(cron, timezone="UTC")], parameters=parameters,
+        description="Retrain every night, gate, register, deploy if not worse.", tags=["loopline"])
+    on_drift = train_flow.to_deployment(
+        name="on-drift", parameters=parameters, tags=["loopline"],
+        description=f"Retrain when the feedback service emits {DRIFT_EVENT}.",
+        triggers=[DeploymentEventTrigger(name="drift detected", expect={DRIFT_EVENT},
+                                         match={"prefect.resource.id": "loopline.*"})],
+    )
+    return [nightly, on_drift]
+
+
+def serve_deployments(cron: str = "0 3 * * *", encoder: str = "minilm") -> None:
+    """Register both deployments and run their flow runs in this process until stopped."""
+    serve(*build_deployments(cron, encoder))

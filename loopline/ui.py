@@ -1,0 +1,38 @@
+"""Console helpers shared by the `loopline` commands: one console, errors, progress."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+console = Console()
+
+
+def fail(message: str) -> NoReturn:
+    """Print a readable error and exit 2."""
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+@contextmanager
+def progress_display() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """A rich progress display; yields `track(description, total) -> advance(n)`."""
+    with Progress(
+        TextColumn("[bold]{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+
+        def track(description: str, total: int) -> Callable[[int], None]:
+            task = progress.add_task(description, total=total)
+            return lambda n: progress.advance(task, n)
+
+        yield track

@@ -1,0 +1,44 @@
+"""Predict with a verified bundle: compiled encoder + hashed features + FTRL head.
+
+This is the one prediction path: the MLflow pyfunc flavor, the serving service
+and the flow's gates all call it, so the features a prediction used are the
+features training and learning see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.bundle import ENCODER_FILE, HEAD_FILE, TOKENIZER_DIR, Manifest, verify_bundle
+from models.compile import OnnxEncoder
+from models.ftrl import Batch, FTRLProximal
+from models.train import featurize
+
+UserRecord = Mapping[str, Any] | None
+
+
+class Predictor:
+    """Texts (and optional user attributes) in, intent probabilities out."""
+
+    def __init__(self, folder: str | Path, threads: int = 1) -> None:
+        self.folder = Path(folder)
+        self.manifest: Manifest = verify_bundle(self.folder)
+        self.encoder = OnnxEncoder(self.folder / ENCODER_FILE, self.folder / TOKENIZER_DIR,
+                                   threads=threads, max_length=int(self.manifest.encoder["max_length"]))
+        self.head = FTRLProximal.load(self.folder / HEAD_FILE)
+        self.spec = self.manifest.spec
+        self.classes = self.manifest.classes
+
+    def features(self, texts: Sequence[str], users: Sequence[UserRecord] | None = None) -> Batch:
+        """What the head sees: hashed text and user features plus the embedding."""
+        return featurize(texts, self.encoder.encode(texts), self.spec, users)
+
+    def predict_proba(self, texts: Sequence[str], users: Sequence[UserRecord] | None = None) -> np.ndarray:
+        return self.head.predict_proba_many(self.features(texts, users))
+
+    def predict(self, texts: Sequence[str], users: Sequence[UserRecord] | None = None) -> list[str]:
+        return [self.classes[i] for i in self.predict_proba(texts, users).argmax(axis=1)]

@@ -1,0 +1,1 @@
+"""Shared by the services and flows: settings, events, registry, features."""

@@ -1,0 +1,49 @@
+"""The MLflow pyfunc flavor of a loopline bundle, logged as "model from code".
+
+MLflow stores this file's source next to the bundle and runs it on load, so no
+Python object is pickled into the registry: loading a version executes
+reviewed code and reads numpy/ONNX files whose sha256 the manifest vouches for.
+
+    model = mlflow.pyfunc.load_model("models:/loopline-intent@champion")
+    model.predict(pd.DataFrame({"text": ["turn on wifi"]}))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel, PythonModelContext
+
+from models.features import USER_FIELDS
+from models.predict import Predictor
+
+
+class LooplineModel(PythonModel):
+    """DataFrame with a `text` column (and optionally user attributes) -> intent and confidence."""
+
+    def load_context(self, context: PythonModelContext) -> None:
+        self.predictor = Predictor(context.artifacts["bundle"])
+
+    def predict(self, context: PythonModelContext, model_input: Any, params: dict[str, Any] | None = None
+                ) -> pd.DataFrame:
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame({"text": model_input})
+        if "text" not in frame.columns:
+            if frame.shape[1] != 1:
+                raise ValueError("input needs a 'text' column")
+            frame = frame.set_axis(["text"], axis=1)
+        texts = [str(t) for t in frame["text"]]
+        present = [f for f in USER_FIELDS if f in frame.columns]
+        users = None
+        if present:
+            users = [{k: v for k, v in row.items() if pd.notna(v)} or None
+                     for row in frame[present].to_dict(orient="records")]
+        proba = self.predictor.predict_proba(texts, users)
+        classes = self.predictor.classes
+        best = proba.argmax(axis=1)
+        return pd.DataFrame({"intent": [classes[i] for i in best],
+                             "confidence": proba[range(len(best)), best]}, index=frame.index)
+
+
+mlflow.models.set_model(LooplineModel())

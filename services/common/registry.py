@@ -1,0 +1,167 @@
+"""The MLflow model registry as loopline uses it: bundles as pyfunc versions, two aliases.
+
+`champion` is what serving loads; `challenger` is the newest candidate. Every
+alias move is recorded on the registered model (`champion_history`), so a
+rollback without a version goes back to the champion before the current one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import ColSpec, Schema
+
+from models.bundle import verify_bundle
+from models.features import USER_FIELDS
+from services.common.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "text"),
+                   *(ColSpec("string", f, required=False) for f in USER_FIELDS)]),
+    outputs=Schema([ColSpec("string", "intent"), ColSpec("double", "confidence")]),
+)
+RUNTIME_REQUIREMENTS = ["onnxruntime==1.31.1", "transformers==5.23.0", "numba==0.68.1", "mmh3==5.3.1",
+                        "numpy", "scipy", "pandas", "loopline"]
+
+
+class RegistryError(Exception):
+    """A registry action that cannot be done (unknown version, no champion, ...)."""
+
+
+@dataclass(frozen=True)
+class Version:
+    version: int
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+    run_id: str | None
+    created_ms: int
+    description: str
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {k.removeprefix("metric."): float(v) for k, v in self.tags.items() if k.startswith("metric.")}
+
+
+class Registry:
+    """Register, list, promote and roll back versions of one model."""
+
+    def __init__(self, settings: CommonSettings) -> None:
+        self.settings = settings
+        self.name = settings.model_name
+        mlflow.set_tracking_uri(settings.tracking_uri)
+        self.client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+    def experiment_id(self) -> str:
+        """The train experiment; with a local SQLite registry its artifacts stay in the state folder."""
+        found = self.client.get_experiment_by_name(self.settings.experiment)
+        if found is not None:
+            return str(found.experiment_id)
+        location = None
+        if self.settings.tracking_uri.startswith("sqlite:"):
+            location = (self.settings.state_dir / "mlartifacts").resolve().as_uri()
+        return str(self.client.create_experiment(self.settings.experiment, artifact_location=location))
+
+    def register(self, bundle_dir: Path, tags: Mapping[str, Any], description: str = "") -> Version:
+        """Log the bundle as a pyfunc model in the active run and register it as a new version."""
+        verify_bundle(bundle_dir)
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(PYFUNC_CODE), artifacts={"bundle": str(bundle_dir)},
+            registered_model_name=self.name, signature=SIGNATURE,
+            pip_requirements=RUNTIME_REQUIREMENTS,
+        )
+        version = str(info.registered_model_version)
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.name, version, key, str(value))
+        if description:
+            self.client.update_model_version(self.name, version, description=description)
+        self.client.set_registered_model_alias(self.name, CHALLENGER, version)
+        return self.get(int(version))
+
+    def get(self, version: int) -> Version:
+        try:
+            mv = self.client.get_model_version(self.name, str(version))
+        except MlflowException as exc:
+            raise RegistryError(f"{self.name} has no version {version}") from exc
+        return Version(int(mv.version), tuple(mv.aliases), dict(mv.tags), mv.run_id,
+                       int(mv.creation_timestamp), mv.description or "")
+
+    def by_alias(self, alias: str) -> Version | None:
+        try:
+            mv = self.client.get_model_version_by_alias(self.name, alias)
+        except MlflowException:
+            return None
+        return self.get(int(mv.version))
+
+    def champion(self) -> Version | None:
+        return self.by_alias(CHAMPION)
+
+    def versions(self) -> list[Version]:
+        """All versions, newest first."""
+        try:
+            found = self.client.search_model_versions(f"name='{self.name}'")
+        except MlflowException:
+            return []
+        return sorted((self.get(int(mv.version)) for mv in found), key=lambda v: -v.version)
+
+    def promote(self, version: int, reason: str) -> Version | None:
+        """Make `version` the champion; returns the one it replaced."""
+        target = self.get(version)
+        previous = self.champion()
+        if previous is not None and previous.version == target.version:
+            return previous
+        self.client.set_registered_model_alias(self.name, CHAMPION, str(target.version))
+        self._record(target.version, reason)
+        log.info("%s: champion is now version %d (%s)", self.name, target.version, reason)
+        return previous
+
+    def rollback(self, version: int | None = None) -> Version:
+        """Move `champion` back to `version`, or to the champion before the current one."""
+        if version is None:
+            current = self.champion()
+            earlier = [v for v in self.history() if current is None or v["version"] != current.version]
+            if not earlier:
+                raise RegistryError("no earlier champion to roll back to")
+            version = int(earlier[-1]["version"])
+        self.promote(version, reason="rollback")
+        return self.get(version)
+
+    def history(self) -> list[dict[str, Any]]:
+        """Champion moves, oldest first: version and reason."""
+        try:
+            tags = self.client.get_registered_model(self.name).tags
+        except MlflowException:
+            return []
+        return list(json.loads(tags.get("champion_history", "[]")))
+
+    def _record(self, version: int, reason: str) -> None:
+        # Kept short: MLflow tag values are limited in length.
+        entries = [*self.history(), {"version": version, "reason": reason[:200]}][-50:]
+        self.client.set_registered_model_tag(self.name, "champion_history", json.dumps(entries))
+
+    def download(self, version: int, dest: Path | None = None) -> Path:
+        """Fetch a version's bundle folder and verify it; returns its path."""
+        target = dest or Path(tempfile.mkdtemp(prefix=f"{self.name}-v{version}-"))
+        uri = f"models:/{self.name}/{version}"
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+        bundle = root / "artifacts" / "bundle"
+        if not bundle.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            raise RegistryError(f"version {version} holds no loopline bundle")
+        verify_bundle(bundle)
+        return bundle

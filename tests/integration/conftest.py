@@ -1,0 +1,58 @@
+"""Session-wide embedded servers for integration tests.
+
+Each fixture starts its server only when a test asks for it, in a folder of its
+own under pytest's tmp dir, on a free port, and stops the whole process group at
+the end of the session. The `*_process` fixtures give the `ManagedProcess`
+handle; `mlflow_server`, `broker` and `prefect_server` give only the address and
+set no environment variable, so tests say explicitly which server they use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from infra.broker import start_broker
+from infra.mlflow_server import start_mlflow
+from infra.prefect_server import start_prefect
+from infra.process import ManagedProcess, free_port
+
+
+@pytest.fixture(scope="session")
+def mlflow_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    proc = start_mlflow(tmp_path_factory.mktemp("mlflow-state"), free_port())
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_process: ManagedProcess) -> str:
+    """Tracking URI (http://127.0.0.1:port) of a session MLflow server with a SQLite registry."""
+    return mlflow_process.url
+
+
+@pytest.fixture(scope="session")
+def broker_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    proc = start_broker(tmp_path_factory.mktemp("broker-state"), free_port())
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def broker(broker_process: ManagedProcess) -> str:
+    """Bootstrap servers (127.0.0.1:port) of a session Tansu broker with loopline's topics."""
+    return broker_process.url
+
+
+@pytest.fixture(scope="session")
+def prefect_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    proc = start_prefect(tmp_path_factory.mktemp("prefect-state"), free_port())
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(prefect_process: ManagedProcess) -> str:
+    """API URL (http://127.0.0.1:port/api) of a session Prefect server on SQLite."""
+    return prefect_process.url

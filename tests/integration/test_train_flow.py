@@ -1,0 +1,124 @@
+"""The train flow under prefect_test_harness against a real MLflow server on SQLite.
+
+One model name per module; the tests run in order and build on each other:
+v1 becomes champion, a broken compile registers nothing, a worse v2 stays
+challenger, then promote and rollback from the CLI.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+from onnx import numpy_helper
+from prefect.testing.utilities import prefect_test_harness
+from typer.testing import CliRunner
+
+from flows.config import TrainConfig
+from flows.gates import GateFailed
+from loopline.cli import app
+from models.catalog import INTENTS
+from services.common.registry import CHALLENGER, CHAMPION, Registry
+from services.common.settings import CommonSettings
+
+pytestmark = pytest.mark.slow
+SMALL = {"encoder": "tiny", "n_events": 1_500, "n_users": 200, "epochs": 2, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def settings(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CommonSettings]:
+    state = tmp_path_factory.mktemp("state")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOOPLINE_MLFLOW_TRACKING_URI", mlflow_server)
+        mp.setenv("LOOPLINE_STATE_DIR", str(state))
+        mp.setenv("LOOPLINE_MODEL_NAME", f"flow-test-{uuid.uuid4().hex[:8]}")
+        mp.delenv("LOOPLINE_KAFKA_BOOTSTRAP_SERVERS", raising=False)
+        with prefect_test_harness(server_startup_timeout=120):
+            yield CommonSettings()
+
+
+@pytest.fixture(scope="module")
+def first_run(settings: CommonSettings):  # noqa: ANN201 - a TrainResult
+    from flows.train import train_flow
+
+    return train_flow(TrainConfig(**SMALL))
+
+
+def test_first_version_becomes_champion_with_lineage_and_artifacts(settings: CommonSettings, first_run) -> None:
+    registry = Registry(settings)
+    assert first_run.promoted and first_run.version == 1
+    version = registry.get(1)
+    assert set(version.aliases) == {CHAMPION, CHALLENGER}
+    for tag in ("data_hash", "code_version", "scenario", "parent_version", "source", "gate.passed",
+                "gate.agreement", "metric.accuracy", "quantization", "deploy.decision"):
+        assert tag in version.tags, tag
+    assert version.tags["scenario"] == "stable" and version.tags["gate.passed"] == "true"
+    assert float(version.tags["gate.agreement"]) >= 0.99
+    artifacts = {a.path for a in registry.client.list_artifacts(first_run.run_id)}
+    assert {"eval_report.json", "confusion_matrix.png", "per_intent.csv", "quantization_report.json",
+            "gate_report.json", "model"} <= artifacts
+    assert "accuracy" in version.description and "gates: passed" in version.description
+
+
+def test_champion_loads_as_pyfunc_and_predicts_texts(settings: CommonSettings, first_run) -> None:
+    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@{CHAMPION}")
+    texts = ["turn on wifi", "set an alarm for 7am", "play some jazz"]
+    out = model.predict(pd.DataFrame({"text": texts}))
+    assert list(out.columns) == ["intent", "confidence"] and len(out) == 3
+    assert set(out["intent"]) <= set(INTENTS)
+    assert ((out["confidence"] > 0) & (out["confidence"] <= 1)).all()
+
+
+def _scramble_embeddings(quantize):  # noqa: ANN001, ANN202 - wraps models.quantize.quantize_onnx
+    """A compile step that silently corrupts the graph: word-embedding rows reversed."""
+    def broken(src: Path, dst: Path, *args, **kwargs) -> Path:  # noqa: ANN002, ANN003
+        out = quantize(src, dst, *args, **kwargs)
+        model = onnx.load(str(out))
+        biggest = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+        array = numpy_helper.to_array(biggest)
+        biggest.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array[::-1]), biggest.name))
+        onnx.save(model, str(out))
+        return Path(out)
+    return broken
+
+
+def test_broken_compile_is_stopped_by_the_gate(settings: CommonSettings, first_run,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import flows.train as train
+
+    monkeypatch.setattr(train, "quantize_onnx", _scramble_embeddings(train.quantize_onnx))
+    monkeypatch.setattr(train, "compile_encoder", train.compile_encoder.with_options(refresh_cache=True))
+    with pytest.raises(GateFailed, match="agreement with torch FP32") as failure:
+        train.train_flow(TrainConfig(**SMALL))
+    assert not failure.value.report.passed
+    registry = Registry(settings)
+    assert [v.version for v in registry.versions()] == [1], "a failed gate must register nothing"
+    assert registry.champion().version == 1
+
+
+def test_worse_challenger_keeps_champion_then_promote_and_rollback(settings: CommonSettings, first_run) -> None:
+    from flows.train import train_flow
+
+    worse = train_flow(TrainConfig(**{**SMALL, "n_events": 400, "epochs": 1, "seed": 4}))
+    registry = Registry(settings)
+    assert worse.version == 2 and not worse.promoted, worse.reason
+    assert "kept champion v1" in worse.reason
+    assert registry.champion().version == 1 and registry.by_alias(CHALLENGER).version == 2
+    assert registry.get(2).tags["vs_champion.version"] == "1"
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["models", "list"])
+    assert listed.exit_code == 0 and "kept champion v1" in listed.output
+    assert runner.invoke(app, ["models", "promote", "2"]).exit_code == 0
+    assert registry.champion().version == 2
+    rolled = runner.invoke(app, ["models", "rollback"])
+    assert rolled.exit_code == 0, rolled.output
+    assert registry.champion().version == 1
+    missing = runner.invoke(app, ["models", "promote", "99"])
+    assert missing.exit_code == 2 and "no version 99" in missing.output
