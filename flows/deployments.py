@@ -29,6 +29,8 @@ def build_deployments(cron: str = "0 3 * * *", encoder: str = "minilm") -> list[
         triggers=[DeploymentEventTrigger(name="drift detected", expect={DRIFT_EVENT},
                                          match={"prefect.resource.id": "loopline.*"})],
     )
+    # to_deployment is sync-compatible: called from sync code it returns the deployment itself.
+    assert isinstance(nightly, RunnerDeployment) and isinstance(on_drift, RunnerDeployment)
     return [nightly, on_drift]
 
 

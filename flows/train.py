@@ -25,6 +25,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from models.quantize import QuantizeConfig, quantize_onnx
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, NO_CACHE
 
@@ -40,13 +41,12 @@ from models.evaluate import Evaluation, evaluate, plot_confusion
 from models.features import FeatureSpec
 from models.ftrl import FTRLProximal
 from models.predict import Predictor
-from models.quantize import QuantizeConfig, quantize_onnx
 from models.traffic import TrafficConfig, generate
 from models.train import HeadConfig, featurize, train_head
 from services.common import features as feast_client
 from services.common.events import MODEL_UPDATES, ModelUpdate
 from services.common.kafka import publish
-from services.common.registry import CHAMPION, Registry, Version
+from services.common.registry import Registry, Version
 from services.common.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -230,11 +230,8 @@ def score_champion(settings: CommonSettings, texts: list[str], users: list[dict[
     champion = registry.champion()
     if champion is None:
         return None
-    bundle = registry.download(champion.version)
-    try:
-        proba = Predictor(bundle).predict_proba(texts, users)
-    finally:
-        shutil.rmtree(bundle.parent.parent, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        proba = Predictor(registry.download(champion.version, Path(tmp))).predict_proba(texts, users)
     return champion, evaluate(proba, truth, INTENTS)
 
 
@@ -369,7 +366,8 @@ def _description(ev: Evaluation, report: GateReport, champion: tuple[Version, Ev
         f"champion v{champion[0].version}: accuracy {champion[1].accuracy:.4f} "
         f"(delta {ev.accuracy - champion[1].accuracy:+.4f})")
     return "\n".join([
-        f"accuracy {ev.accuracy:.4f}, macro-F1 {ev.macro_f1:.4f}, log loss {ev.log_loss:.4f} on {ev.n} eval rows; {vs}.",
+        f"accuracy {ev.accuracy:.4f}, macro-F1 {ev.macro_f1:.4f}, log loss {ev.log_loss:.4f} "
+        f"on {ev.n} eval rows; {vs}.",
         f"gates: {report.summary()}",
         f"encoder: {quantization['quantization']}, {quantization['deployed_mb']:.1f} MB "
         f"(FP32 {quantization['fp32_mb']:.1f} MB).",

@@ -73,7 +73,8 @@ def create_topics(bootstrap_servers: str, partitions: Mapping[str, int] | None =
     wanted = {**DEFAULT_PARTITIONS, **(partitions or {})}
     admin = admin_client(bootstrap_servers)
     try:
-        missing = {name: n for name, n in wanted.items() if name not in set(admin.list_topics())}
+        existing = set(admin.list_topics())
+        missing = {name: n for name, n in wanted.items() if name not in existing}
         if missing:
             admin.create_topics(
                 {name: {"num_partitions": n, "replication_factor": 1} for name, n in missing.items()},

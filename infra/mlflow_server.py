@@ -1,16 +1,16 @@
 """The embedded MLflow tracking server and model registry: SQLite plus proxied local artifacts.
 
-Artifacts are served by the server itself (`--serve-artifacts` with
-`--artifacts-destination`): new experiments get `mlflow-artifacts:/` as their
-root, so a client in any process uploads and downloads over HTTP and needs no
-shared path. `--default-artifact-root` with a local path would instead make
-each client write to that path itself, and without either flag MLflow 3 would
-use the SQLite URI as artifact root, which no client can write to.
+Artifacts go through the server (`--serve-artifacts`, MLflow's default, with
+`--artifacts-destination` in the state folder rather than `./mlartifacts` of
+whatever directory it starts in): experiments get `mlflow-artifacts:/` as their
+root, so a client in any process or on any host uploads and downloads over HTTP
+and `models:/name@alias` loads anywhere. `--default-artifact-root <path>` with
+`--no-serve-artifacts` would make every client read and write that path itself,
+which only works on a shared filesystem.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -19,16 +19,15 @@ import httpx
 
 from infra.process import HOST, ManagedProcess, check_can_start
 
-log = logging.getLogger(__name__)
-
 NAME = "mlflow"
 DEFAULT_PORT = 5000
 START_TIMEOUT = 120.0  # seconds; ~15-25 s on 2 cores, more when the machine is busy
 
-# Why these: the default server starts 4 uvicorn workers plus a huey job runner with
+# Why these: by default the server starts 4 uvicorn workers plus a huey job runner with
 # 7 consumer processes (2 GB RSS, ~50 s to healthy on 2 cores). The job runner serves
-# GenAI features (scorers, trace rollups) loopline does not use; one worker is plenty
-# for a registry that sees a few requests a minute.
+# GenAI jobs (scorers, evaluation, prompt optimization) and periodic tasks that loopline
+# does not use; one worker (`--workers 1`) is plenty for a registry that sees a few
+# requests a minute.
 SERVER_ENV = {
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",  # nothing leaves the machine
@@ -58,10 +57,8 @@ def start_mlflow(state_dir: Path, port: int = DEFAULT_PORT, timeout: float = STA
     """Start MLflow in `state_dir/mlflow` and wait until healthy; `.url` is the tracking URI."""
     check_can_start(NAME, state_dir, port)
     workdir = state_dir / NAME
-    env = {**os.environ, **SERVER_ENV}
-    # A tracking URI in our own environment must not leak into the server's.
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = ManagedProcess(NAME, mlflow_command(workdir, port), state_dir, cwd=workdir, env=env,
+    proc = ManagedProcess(NAME, mlflow_command(workdir, port), state_dir, cwd=workdir,
+                          env={**os.environ, **SERVER_ENV},
                           url=f"http://{HOST}:{port}")
     proc.start()
     try:

@@ -7,7 +7,6 @@ the server by setting `PREFECT_API_URL` to the `.url` of the returned process.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -15,8 +14,6 @@ from pathlib import Path
 import httpx
 
 from infra.process import HOST, ManagedProcess, check_can_start
-
-log = logging.getLogger(__name__)
 
 NAME = "prefect"
 DEFAULT_PORT = 4200
@@ -26,7 +23,8 @@ START_TIMEOUT = 120.0  # seconds; ~17 s on 2 cores, more when the machine is bus
 def prefect_env(home: Path) -> dict[str, str]:
     """Environment for the server: its own home and database, no analytics."""
     env = {k: v for k, v in os.environ.items()
-           # A client-side API URL or profile from our environment must not steer the server.
+           # The UI takes its API URL from PREFECT_API_URL when set: a client setting in our
+           # environment would point this server's UI at another server.
            if k not in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE")}
     env.update({
         "PREFECT_HOME": str(home),

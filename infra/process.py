@@ -2,8 +2,8 @@
 
 Each part of the embedded stack (broker, MLflow, Prefect) runs in a session of
 its own, so the group id equals the leader's pid and signals reach every child
-it spawns: MLflow's uvicorn worker and Prefect's services would otherwise
-outlive a SIGTERM to the parent. Output goes to `<state>/<name>.log` and the
+it spawns: MLflow's uvicorn worker (and its job runner, when enabled) would
+otherwise outlive a SIGTERM to the `mlflow server` parent. Output goes to `<state>/<name>.log` and the
 pid to `<state>/<name>.pid`, so a later `loopline down` or `status` can find
 the group again with `ManagedProcess.from_pidfile`.
 """
@@ -24,6 +24,7 @@ from types import TracebackType
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.2  # seconds between health checks and liveness checks
+REAP_TIMEOUT = 10.0  # seconds to wait for killed members to disappear from the process table
 HOST = "127.0.0.1"
 
 
@@ -188,18 +189,24 @@ class ManagedProcess:
             time.sleep(POLL_INTERVAL)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the whole group, wait up to `timeout`, then SIGKILL what is left."""
+        """SIGTERM the whole group, wait up to `timeout`, SIGKILL what still runs, wait until it is gone.
+
+        Returns once `os.killpg(pgid, 0)` fails, i.e. no process of the group exists any more,
+        not even as a zombie waiting for init to reap it.
+        """
         if self.pid is None:
             return
         pgid = self.pgid
         if self._signal_group(signal.SIGTERM):
             # A stopped (paused) group cannot act on SIGTERM until it runs again.
             self._signal_group(signal.SIGCONT)
-            if not self._wait_group_gone(timeout):
+            if not self._wait(lambda: not self._live_members(), timeout):
                 log.warning("%s ignored SIGTERM for %.0f s; killing group %d", self.name, timeout, pgid)
                 self._signal_group(signal.SIGKILL)
-                if not self._wait_group_gone(timeout):
-                    raise ProcessError(f"{self.name}: process group {pgid} survived SIGKILL")
+            # Members orphaned by the leader's exit are reaped by init, which may take a
+            # couple of seconds (this machine's init reaps every ~2 s).
+            if not self._wait(lambda: not group_alive(pgid), REAP_TIMEOUT):
+                raise ProcessError(f"{self.name}: process group {pgid} still exists {REAP_TIMEOUT:.0f} s after kill")
         self.pid_path.unlink(missing_ok=True)
         log.info("stopped %s (group %d)", self.name, pgid)
 
@@ -235,7 +242,7 @@ class ManagedProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def group_pids(self) -> list[int]:
-        """Pids of every live process in the group, from /proc."""
+        """Pids of every process in the group (zombies included), from /proc."""
         if self.pid is None:
             return []
         pids = []
@@ -268,12 +275,17 @@ class ManagedProcess:
             return False
         return True
 
-    def _wait_group_gone(self, timeout: float) -> bool:
+    def _live_members(self) -> list[int]:
+        """Group members that still run (zombies excluded)."""
+        return [pid for pid in self.group_pids() if _proc_state(pid) not in ("Z", "X", None)]
+
+    def _wait(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Poll `done` until True or `timeout`; reaps our own child meanwhile."""
         deadline = time.monotonic() + timeout
         while True:
             if self._popen is not None:
                 self._popen.poll()  # reap the leader, or it stays in the group as a zombie
-            if not group_alive(self.pgid):
+            if done():
                 return True
             if time.monotonic() >= deadline:
                 return False

@@ -27,8 +27,8 @@ class Predictor:
     def __init__(self, folder: str | Path, threads: int = 1) -> None:
         self.folder = Path(folder)
         self.manifest: Manifest = verify_bundle(self.folder)
-        self.encoder = OnnxEncoder(self.folder / ENCODER_FILE, self.folder / TOKENIZER_DIR,
-                                   threads=threads, max_length=int(self.manifest.encoder["max_length"]))
+        self.encoder = OnnxEncoder.load(self.folder / ENCODER_FILE, self.folder / TOKENIZER_DIR,
+                                        max_length=int(self.manifest.encoder["max_length"]), threads=threads)
         self.head = FTRLProximal.load(self.folder / HEAD_FILE)
         self.spec = self.manifest.spec
         self.classes = self.manifest.classes

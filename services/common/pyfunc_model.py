@@ -10,8 +10,6 @@ reviewed code and reads numpy/ONNX files whose sha256 the manifest vouches for.
 
 from __future__ import annotations
 
-from typing import Any
-
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
@@ -26,8 +24,8 @@ class LooplineModel(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         self.predictor = Predictor(context.artifacts["bundle"])
 
-    def predict(self, context: PythonModelContext, model_input: Any, params: dict[str, Any] | None = None
-                ) -> pd.DataFrame:
+    # No type hints here: MLflow would try to derive a schema from them; the logged signature says it.
+    def predict(self, context, model_input, params=None):
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame({"text": model_input})
         if "text" not in frame.columns:
             if frame.shape[1] != 1:

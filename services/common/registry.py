@@ -64,6 +64,8 @@ class Registry:
     def __init__(self, settings: CommonSettings) -> None:
         self.settings = settings
         self.name = settings.model_name
+        if settings.tracking_uri.startswith("sqlite:"):
+            (settings.state_dir / "mlflow").mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(settings.tracking_uri)
         self.client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
 
@@ -74,7 +76,7 @@ class Registry:
             return str(found.experiment_id)
         location = None
         if self.settings.tracking_uri.startswith("sqlite:"):
-            location = (self.settings.state_dir / "mlartifacts").resolve().as_uri()
+            location = (self.settings.state_dir / "mlflow" / "mlartifacts").resolve().as_uri()
         return str(self.client.create_experiment(self.settings.experiment, artifact_location=location))
 
     def register(self, bundle_dir: Path, tags: Mapping[str, Any], description: str = "") -> Version:
@@ -159,9 +161,22 @@ class Registry:
         target = dest or Path(tempfile.mkdtemp(prefix=f"{self.name}-v{version}-"))
         uri = f"models:/{self.name}/{version}"
         root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
-        bundle = root / "artifacts" / "bundle"
-        if not bundle.is_dir():
+        bundle = _bundle_path(root)
+        if bundle is None:
             shutil.rmtree(target, ignore_errors=True)
             raise RegistryError(f"version {version} holds no loopline bundle")
         verify_bundle(bundle)
         return bundle
+
+
+def _bundle_path(model_dir: Path) -> Path | None:
+    """Where the pyfunc model keeps its `bundle` artifact, as its MLmodel file records it."""
+    from mlflow.models import Model
+
+    try:
+        flavor = Model.load(str(model_dir)).flavors["python_function"]
+        relative = flavor["artifacts"]["bundle"]["path"]
+    except (OSError, KeyError, MlflowException):
+        return None
+    path = model_dir / relative
+    return path if path.is_dir() else None

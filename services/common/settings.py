@@ -40,7 +40,8 @@ class CommonSettings(BaseSettings):
     def tracking_uri(self) -> str:
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
-        return f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
+        # The same database the embedded MLflow server uses, so `loopline up` shows these versions.
+        return f"sqlite:///{(self.state_dir / 'mlflow' / 'mlflow.db').resolve()}"
 
     @property
     def work_dir(self) -> Path:

@@ -21,6 +21,7 @@ from infra.process import ManagedProcess, free_port
 
 @pytest.fixture(scope="session")
 def mlflow_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    """The session MLflow server's process handle."""
     proc = start_mlflow(tmp_path_factory.mktemp("mlflow-state"), free_port())
     yield proc
     proc.stop()
@@ -34,6 +35,7 @@ def mlflow_server(mlflow_process: ManagedProcess) -> str:
 
 @pytest.fixture(scope="session")
 def broker_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    """The session broker's process handle (pause it only with a `finally: resume()`)."""
     proc = start_broker(tmp_path_factory.mktemp("broker-state"), free_port())
     yield proc
     proc.stop()
@@ -47,6 +49,7 @@ def broker(broker_process: ManagedProcess) -> str:
 
 @pytest.fixture(scope="session")
 def prefect_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    """The session Prefect server's process handle."""
     proc = start_prefect(tmp_path_factory.mktemp("prefect-state"), free_port())
     yield proc
     proc.stop()

@@ -29,6 +29,14 @@ def assert_group_gone(proc: ManagedProcess, pids: list[int]) -> None:
     assert not proc.pid_path.exists()
 
 
+def run_python(code: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+    """Run `code` in a fresh interpreter (another process, as services are); returns stdout."""
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=180, env=env, cwd=cwd, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 # -- the process helper on its own -------------------------------------------------------
 
 
@@ -66,12 +74,15 @@ def test_stop_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
 
 
 def test_pidfile_handle_stops_a_group_started_elsewhere(tmp_path: Path) -> None:
-    # What `loopline down` does: it did not start the group, it only has the PID file.
-    proc = ManagedProcess("sleeper", ["sleep", "300"], tmp_path).start()
+    # What `loopline down` does: another process started the group and has exited since.
+    starter = "import sys; from pathlib import Path; from infra.process import ManagedProcess; " \
+              "ManagedProcess('sleeper', ['sleep', '300'], Path(sys.argv[1])).start()"
+    run_python(starter, str(tmp_path))
     handle = ManagedProcess.from_pidfile("sleeper", tmp_path)
-    assert handle is not None and handle.pid == proc.pid and handle.running()
+    assert handle is not None and handle.running()
+    pids = handle.group_pids()
     handle.stop()
-    proc._popen.wait(timeout=5)  # type: ignore[union-attr]  # reap it: we are its parent here
+    assert_group_gone(handle, pids)
     assert ManagedProcess.from_pidfile("sleeper", tmp_path) is None
 
 
@@ -192,14 +203,6 @@ def test_prefect_starts_answers_and_stops_as_a_group(tmp_path: Path) -> None:
     assert_group_gone(proc, pids)
 
 
-def run_python(code: str, *args: str, env: dict[str, str] | None = None) -> str:
-    """Run `code` in a fresh interpreter (another process, as services are); returns stdout."""
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=180, env=env, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
-
-
 LOG_MODEL = """
 import json, sys, tempfile
 import mlflow, mlflow.pyfunc
@@ -237,9 +240,9 @@ def test_mlflow_registry_works_across_processes(mlflow_server: str, tmp_path: Pa
     # Clients in other processes, in other working directories, share no path with the
     # server: artifacts must go over HTTP (mlflow-artifacts:/), not to a local folder.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    artifact_root = run_python(LOG_MODEL, mlflow_server, env=env).strip().splitlines()[-1]
+    artifact_root = run_python(LOG_MODEL, mlflow_server, env=env, cwd=tmp_path).strip().splitlines()[-1]
     assert artifact_root.startswith("mlflow-artifacts:/")
-    predictions, files = run_python(LOAD_MODEL, mlflow_server, env=env).strip().splitlines()[-2:]
+    predictions, files = run_python(LOAD_MODEL, mlflow_server, env=env, cwd=tmp_path).strip().splitlines()[-2:]
     assert predictions == "[42, 42]"
     assert "MLmodel" in files
 
@@ -262,6 +265,6 @@ print(doubled())
 @pytest.mark.slow
 def test_prefect_runs_a_flow_against_the_server(prefect_server: str, tmp_path: Path) -> None:
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_HOME": str(tmp_path)}
-    assert run_python(ONE_TASK_FLOW, env=env).strip().splitlines()[-1] == "42"
+    assert run_python(ONE_TASK_FLOW, env=env, cwd=tmp_path).strip().splitlines()[-1] == "42"
     runs = httpx.post(f"{prefect_server}/flow_runs/filter", json={}, timeout=10).json()
     assert [r["state_type"] for r in runs] == ["COMPLETED"]
