@@ -37,3 +37,11 @@ def build_deployments(cron: str = "0 3 * * *", encoder: str = "minilm") -> list[
 def serve_deployments(cron: str = "0 3 * * *", encoder: str = "minilm") -> None:
     """Register both deployments and run their flow runs in this process until stopped."""
     serve(*build_deployments(cron, encoder))
+
+
+def emit_drift_detected(source: str, payload: dict[str, object]) -> None:
+    """Emit `loopline.drift.detected` (the feedback service calls this); the on-drift deployment reacts."""
+    from prefect.events import emit_event
+
+    emit_event(event=DRIFT_EVENT, resource={"prefect.resource.id": f"loopline.{source}"},
+               payload=dict(payload))

@@ -25,7 +25,6 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-from models.quantize import QuantizeConfig, quantize_onnx
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, NO_CACHE
 
@@ -41,6 +40,7 @@ from models.evaluate import Evaluation, evaluate, plot_confusion
 from models.features import FeatureSpec
 from models.ftrl import FTRLProximal
 from models.predict import Predictor
+from models.quantize import QuantizeConfig, quantize_onnx
 from models.traffic import TrafficConfig, generate
 from models.train import HeadConfig, featurize, train_head
 from services.common import features as feast_client

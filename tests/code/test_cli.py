@@ -49,3 +49,25 @@ def test_demo_with_the_tiny_encoder_writes_its_report(tmp_path) -> None:
     per_intent = pd.read_csv(tmp_path / "per_intent.csv")
     assert len(per_intent) == 22
     assert "new_phrasing, after onset" in result.output
+
+
+def test_train_refuses_bad_parameters_before_starting_anything(tmp_path) -> None:
+    unknown = runner.invoke(app, ["train", "--scenario", "chaos"])
+    assert unknown.exit_code == 2 and "unknown scenario 'chaos'" in unknown.output
+    missing = runner.invoke(app, ["train", "--data", str(tmp_path / "nope.csv")])
+    assert missing.exit_code == 2 and "no such file" in missing.output
+    too_few = runner.invoke(app, ["train", "--events", "10"])
+    assert too_few.exit_code == 2
+
+
+def test_models_commands_explain_bad_settings(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("LOOPLINE_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("LOOPLINE_MODEL_NAME", "bad name/with slash")
+    result = runner.invoke(app, ["models", "list"])
+    assert result.exit_code == 2 and "bad settings" in result.output and "model name" in result.output
+
+
+def test_flows_serve_needs_a_prefect_server(monkeypatch) -> None:
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    result = runner.invoke(app, ["flows", "serve"])
+    assert result.exit_code == 2 and "PREFECT_API_URL" in result.output

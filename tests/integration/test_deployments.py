@@ -1,0 +1,45 @@
+"""Deployments against a real Prefect server: the nightly schedule and the drift trigger."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.deployments import DRIFT_EVENT, build_deployments, emit_drift_detected
+
+pytestmark = pytest.mark.slow
+
+
+async def _flow_runs(deployment_id: object) -> list[object]:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    async with get_client() as client:
+        return await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+
+
+def test_nightly_schedule_and_drift_trigger_create_runs(prefect_server: str) -> None:
+    with temporary_settings({PREFECT_API_URL: prefect_server}):
+        nightly, on_drift = build_deployments(cron="15 2 * * *", encoder="tiny")
+        nightly_id, drift_id = nightly.apply(), on_drift.apply()
+
+        async def read() -> tuple[object, object]:
+            async with get_client() as client:
+                return await client.read_deployment(nightly_id), await client.read_deployment(drift_id)
+
+        nightly_read, drift_read = asyncio.run(read())
+        assert [s.schedule.cron for s in nightly_read.schedules] == ["15 2 * * *"]
+        assert drift_read.parameters["config"]["encoder"] == "tiny"
+        assert asyncio.run(_flow_runs(drift_id)) == []
+
+        emit_drift_detected("feedback", {"drift_share": 0.6, "accuracy": 0.7})
+        deadline = time.monotonic() + 60
+        runs: list[object] = []
+        while not runs and time.monotonic() < deadline:
+            time.sleep(1)
+            runs = asyncio.run(_flow_runs(drift_id))
+        assert runs, f"no flow run of the on-drift deployment within 60 s of {DRIFT_EVENT}"
