@@ -12,8 +12,8 @@ FTRL head trained (models.train) on torch FP32 embeddings of the first 80% of a
 generated `stable` stream predicts the held-out 20% from each row's embeddings:
 agreement with the torch FP32 predictions and accuracy against the intended
 intents. Latency: p50/p99 per `encode` call (tokenization included) at batch 1
-and 32, with 1 and 2 threads; models take turns in blocks, so machine load hits
-them alike, and each ratio is within the same run. `--sweep` adds the other
+and 32, with 1 and 2 threads; models take turns on short chunks of texts, so
+machine load hits them alike, and each ratio is within the same run. `--sweep` adds the other
 quantization options measured for the QuantizeConfig default.
 Run: `.venv/bin/python bench/quantize.py [--sweep]`.
 """
@@ -163,13 +163,18 @@ def measure_latency(rows: list[Row], encoder: Encoder, texts: list[str], threads
         torch.set_num_threads(n_threads)
         for size in batches:
             sample = texts[: max(n_texts, 8 * size)] if size == 1 else texts[: 8 * size]
+            # Models take turns on short chunks (about 0.1 s each), so changes in machine
+            # load hit them alike; each chunk starts with an untimed warm-up call.
+            per_chunk = size * max(2, 24 // size)
+            chunks = [sample[i : i + per_chunk] for i in range(0, len(sample), per_chunk)]
             samples: dict[str, list[np.ndarray]] = {name: [] for name in fns}
             with progress_bar() as bar:
                 task = bar.add_task(f"latency: batch {size}, {n_threads} thread(s)",
-                                    total=repeats * len(fns))
-                for _ in range(repeats):  # models take turns, so load changes hit all alike
-                    for name, fn in fns.items():
-                        samples[name].append(latency_samples(fn, sample, size))
+                                    total=repeats * len(chunks))
+                for _ in range(repeats):
+                    for chunk in chunks:
+                        for name, fn in fns.items():
+                            samples[name].append(latency_samples(fn, chunk, size))
                         bar.advance(task)
             for row in rows:
                 if row.name in samples:

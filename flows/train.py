@@ -161,16 +161,20 @@ def compile_encoder(encoder_ref: str, quantize: str, code: str) -> Compiled:
     """Export to ONNX, fuse the transformer graph, quantize to INT8."""
     encoder = load_encoder(encoder_ref)
     config = QuantizeConfig()
+    advance = progress.track("compile", 3 if quantize == "int8" else 2)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         export_onnx(encoder, work / "fp32.onnx")
+        advance(1)
         model = encoder.model.config
         final = optimize_onnx(work / "fp32.onnx", work / "fused.onnx",
                               num_heads=model.num_attention_heads, hidden_size=model.hidden_size)
+        advance(1)
         report: dict[str, Any] = {"fp32_mb": (work / "fp32.onnx").stat().st_size / 1e6,
                                   "fused_mb": final.stat().st_size / 1e6, "quantization": "none"}
         if quantize == "int8":
             final = quantize_onnx(final, work / "int8.onnx", config)
+            advance(1)
             report["quantization"] = config.describe()
         report["deployed_mb"] = final.stat().st_size / 1e6
         return Compiled(final.read_bytes(), report)
@@ -200,6 +204,7 @@ def gate(reference: np.ndarray, bundle: Path, texts: list[str], users: list[dict
     """Compare the deployable bundle with the torch FP32 model; raise GateFailed if it is off."""
     predictor = Predictor(bundle)
     proba = predictor.predict_proba(texts, users)
+    progress.track("gates", 1)(1)
     sample = texts[:64]
     torch_ms = latency_ms(load_encoder(config.encoder).encode, sample)
     compiled_ms = latency_ms(predictor.encoder.encode, sample)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import typer
@@ -120,7 +121,11 @@ def _per_intent_table(evaluation) -> Table:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Our own loggers say what happens; libraries only speak up when something is wrong.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("loopline", "models", "flows", "services", "infra"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     app()
 
 

@@ -28,10 +28,10 @@ TINY = Encoder.tiny_random(seed=3)
 TEXTS = ["turn on wifi", "a", "text mom I'm late for the meeting, sorry!!", "navigate to the airport",
          "", "play some jazz", "Ünïcödé café naïve résumé", "set an alarm for seven " * 12,
          "wifi", "call   the  office", "what's the weather like tomorrow in Berlin?", "x"]
-# Measured on TINY with TEXTS: min cosine 0.99997 for the default INT8 config (random
-# weights give small, well-spread activations); the bound leaves a wide margin.
-TINY_INT8_MIN_COSINE = 0.995
-# Measured on MiniLM over 600 generated utterances: mean 0.9906, min 0.956.
+# Measured on TINY: min cosine 0.99993 for the default INT8 config, on TEXTS and on 2,000
+# generated utterances (random weights give small, well-spread activations); static 0.9998.
+TINY_INT8_MIN_COSINE = 0.999
+# Measured on MiniLM (bench/quantize.py, 6,000 generated utterances): mean 0.9904, min 0.955.
 MINILM_INT8_MEAN_COSINE = 0.985
 MINILM_INT8_MIN_COSINE = 0.93
 
@@ -141,7 +141,7 @@ def test_static_quantization_calibrates_on_texts(files: dict[str, Path], referen
     ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
     assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
     emb = OnnxEncoder(path, TINY.tokenizer, TINY.max_length).encode(TEXTS)
-    assert compare_embeddings(reference, emb)["cosine_mean"] > 0.99
+    assert compare_embeddings(reference, emb)["cosine_min"] > 0.995
 
 
 def test_report_helpers() -> None:
