@@ -29,6 +29,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ftrl_throughput.py
+	$(BIN)/python bench/quantize.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -134,8 +134,9 @@ class OnnxEncoder:
             rows = [(e.ids, e.attention_mask, e.type_ids) for e in self._fast.encode_batch(list(texts))]
             ids, mask, types = np.asarray(rows, dtype=np.int64).transpose(1, 0, 2)
             return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        batch = self.tokenizer(list(texts), padding=True, truncation=True,
-                               max_length=self.max_length, return_tensors="np")
+        # Right padding always: the fused graph reads each sequence's length off the mask.
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                               padding_side="right", return_tensors="np")
         ids = np.asarray(batch["input_ids"], dtype=np.int64)
         types = batch.get("token_type_ids")
         return {"input_ids": ids, "attention_mask": np.asarray(batch["attention_mask"], dtype=np.int64),
@@ -165,7 +166,7 @@ def _rust_tokenizer(tokenizer: Any, max_length: int) -> Any | None:
     wrapper rewrites its backend's padding and truncation on every call.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or tokenizer.padding_side != "right" or tokenizer.pad_token_id is None:
+    if backend is None or tokenizer.pad_token_id is None:
         return None  # the wrapper path handles everything else
     from tokenizers import Tokenizer
 

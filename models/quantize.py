@@ -7,8 +7,8 @@ Runtime's quantizer, and `compare_embeddings`, `compare_predictions`,
 The default won on all-MiniLM-L6-v2 (`bench/quantize.py --sweep`, 2-core AMD
 EPYC with AVX2 and no VNNI, other jobs running; one run, so ratios share its
 load). Fidelity is to torch FP32 over 6,000 generated utterances; agreement and
-accuracy change are for an FTRL head trained on FP32 embeddings, on 1,200
-held-out rows; latency is `encode` of one text on one thread, p50:
+accuracy change (points) are for an FTRL head trained on FP32 embeddings, on
+1,200 held-out rows; latency is `encode` of one text on one thread, p50:
 
 | option (fused graph, per-channel unless said) | MiB  | smaller | cos mean/min  | agree  | acc   | ms   | vs torch |
 | --------------------------------------------- | ---- | ------- | ------------- | ------ | ----- | ---- | -------- |
@@ -30,11 +30,11 @@ held-out rows; latency is `encode` of one text on one thread, p50:
   `quantize_dynamic` does, gives cosine 0.958 and fails the 99% agreement gate.
 - The 3.9x size target leaves no room for FP32 weights: all-INT8 is 21.7-21.8 MiB,
   and every exclusion (word table, a layer, attention, FFN) breaks 3.9x while
-  buying at most +0.004 cosine and costing up to 30% latency.
+  buying at most +0.004 cosine and costing up to a third more latency.
 - uint8 or 7-bit weights buy nothing here. Static QDQ is worse on every axis:
   calibrated per-tensor activation ranges fit each input worse than dynamic ones.
-  Weight-only INT8 (MatMulNBits, 8 bits) was more faithful (cosine 0.997) but
-  slower than the FP32 graph's 2x speedup needs (4.5 ms), so it was dropped.
+  Weight-only INT8 (ORT's 8-bit MatMulNBits, measured separately) kept cosine at
+  0.997 but took 4.2-4.5 ms per call: too slow for 5x.
 - Per-tensor is within noise on speed (2.80 vs 2.90 ms here, 2.34 vs 2.32 in
   another run) but fails the gate. What is left of the error is the per-tensor
   dynamic quantization of activations.

@@ -106,6 +106,18 @@ def test_onnx_encoder_orders_and_batches_like_encoder(files: dict[str, Path], re
     assert onnx_encoder.encode([]).shape == (0, TINY.dim)
 
 
+def test_left_padding_tokenizers_are_padded_right(files: dict[str, Path], reference: np.ndarray) -> None:
+    # The fused attention takes sequence lengths from the mask, which assumes right padding.
+    from transformers import AutoTokenizer
+
+    left = AutoTokenizer.from_pretrained(files["tokenizer"], padding_side="left")
+    for fast in (True, False):
+        onnx_encoder = OnnxEncoder(files["fused"], left, TINY.max_length)
+        if not fast:
+            onnx_encoder._fast = None
+        np.testing.assert_allclose(onnx_encoder.encode(TEXTS, batch_size=4), reference, atol=1e-5)
+
+
 def test_fast_tokenizer_path_gives_the_wrapper_tokens(files: dict[str, Path]) -> None:
     fast = OnnxEncoder(files["fused"], TINY.tokenizer, TINY.max_length)
     slow = OnnxEncoder(files["fused"], TINY.tokenizer, TINY.max_length)
