@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,12 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import INPUTS, NO_CACHE
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 from flows import progress
 from flows.config import TrainConfig
 from flows.gates import GateFailed, GateReport, check_gates
-from models.bundle import ENCODER_FILE, HEAD_FILE, TOKENIZER_DIR, write_manifest
+from models.bundle import ENCODER_FILE, HEAD_FILE, TOKENIZER_DIR, BundleError, write_manifest
 from models.catalog import INTENTS
 from models.compile import export_onnx, optimize_onnx
 from models.data import load_dataset
@@ -47,7 +48,7 @@ from models.train import HeadConfig, featurize, train_head
 from services.common import features as feast_client
 from services.common.events import MODEL_UPDATES, ModelUpdate
 from services.common.kafka import publish
-from services.common.registry import Registry, Version
+from services.common.registry import Registry, RegistryError, Version
 from services.common.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,17 @@ def frame_hash(frame: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()[:16]
 
 
-@lru_cache(maxsize=1)
-def models_fingerprint() -> str:
-    """Hash of the `models` package source: a cached step reruns when the code computing it changes."""
-    digest = hashlib.sha256()
-    for path in sorted((Path(__file__).resolve().parent.parent / "models").glob("*.py")):
+def fingerprint(encoder_ref: str) -> str:
+    """What a cached step's output depends on besides its inputs: the `models` source, the runtime
+    versions and, for an encoder folder, its files (a re-saved folder must not hit the old cache)."""
+    import onnxruntime
+    import transformers
+
+    digest = hashlib.sha256(f"{torch.__version__} {onnxruntime.__version__} {transformers.__version__}".encode())
+    files = sorted((Path(__file__).resolve().parent.parent / "models").glob("*.py"))
+    if encoder_ref not in ("minilm", "tiny"):
+        files += sorted(p for p in Path(encoder_ref).rglob("*") if p.is_file())
+    for path in files:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -128,7 +135,8 @@ def load_data(config: TrainConfig) -> Dataset:
 @task(retries=2, retry_delay_seconds=2)
 def join_user_features(data: Dataset, settings: CommonSettings) -> list[dict[str, Any] | None] | None:
     """Point-in-time user features from Feast for every event (what the user looked like then)."""
-    if "user_id" not in data.events.columns:
+    if "user_id" not in data.events.columns or data.users is None:
+        # Without a user table for this data, joining whatever an earlier run left in the store would be wrong.
         return None
     store = feast_client.open_store(settings.state_dir / "feast", users=data.users, repo=settings.feature_repo)
     entity = data.events[["user_id", "ts"]].rename(columns={"ts": "event_timestamp"})
@@ -137,12 +145,12 @@ def join_user_features(data: Dataset, settings: CommonSettings) -> list[dict[str
 
 @task(retries=2, retry_delay_seconds=2)
 def materialize_features(settings: CommonSettings) -> None:
-    """Bring the online store up to date for serving."""
+    """Bring the online store up to date for serving (the whole window: the user table was just rewritten)."""
     store = feast_client.open_store(settings.state_dir / "feast", repo=settings.feature_repo)
-    feast_client.materialize(store, pd.Timestamp.now(tz="UTC").to_pydatetime())
+    feast_client.materialize(store, pd.Timestamp.now(tz="UTC").to_pydatetime(), full=True)
 
 
-@task(cache_policy=INPUTS, cache_expiration=CACHE_TTL)
+@task(cache_policy=INPUTS + TASK_SOURCE, cache_expiration=CACHE_TTL)
 def embed(texts: list[str], encoder_ref: str, code: str) -> np.ndarray:
     """Sentence embeddings from the torch FP32 encoder."""
     return load_encoder(encoder_ref).encode(texts, on_batch=progress.track("embed", len(texts)))
@@ -157,7 +165,7 @@ def fit_head(texts: list[str], embeddings: np.ndarray, users: list[dict[str, Any
     return train_head(batch, labels, INTENTS, head, on_batch=progress.track("train head", len(labels) * epochs))
 
 
-@task(cache_policy=INPUTS, cache_expiration=CACHE_TTL)
+@task(cache_policy=INPUTS + TASK_SOURCE, cache_expiration=CACHE_TTL)
 def compile_encoder(encoder_ref: str, quantize: str, code: str) -> Compiled:
     """Export to ONNX, fuse the transformer graph, quantize to INT8."""
     encoder = load_encoder(encoder_ref)
@@ -242,7 +250,12 @@ def score_champion(settings: CommonSettings, texts: list[str], users: list[dict[
     if champion is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        proba = Predictor(registry.download(champion.version, Path(tmp))).predict_proba(texts, users)
+        try:
+            proba = Predictor(registry.download(champion.version, Path(tmp))).predict_proba(texts, users)
+        except (BundleError, RegistryError) as exc:
+            # A champion that no longer verifies must not block its own replacement.
+            get_run_logger().warning("champion v%d cannot be scored, treated as absent: %s", champion.version, exc)
+            return None
     return champion, evaluate(proba, truth, INTENTS)
 
 
@@ -306,57 +319,62 @@ def train_flow(config: TrainConfig | None = None) -> TrainResult:
     eval_texts, truth = texts[eval_rows], list(data.events["truth"])[eval_rows]
     eval_users = users[eval_rows] if users is not None else None
 
-    with mlflow.start_run(experiment_id=registry.experiment_id(),
-                          run_name=f"train-{data.scenario}-{data.data_hash[:8]}") as run:
-        mlflow.log_params({**config.model_dump(mode="json"), "data_hash": data.data_hash,
-                           "n_train": data.cut, "n_eval": len(truth)})
-        embeddings = embed(texts, config.encoder, models_fingerprint())
-        head = fit_head(texts[train_rows], embeddings[train_rows], users[train_rows] if users else None,
-                        list(data.events["label"])[train_rows], config.epochs, config.seed)
-        reference = head.predict_proba_many(featurize(eval_texts, embeddings[eval_rows], FeatureSpec(), eval_users))
-        fp32 = evaluate(reference, truth, INTENTS)
-        mlflow.log_metrics(fp32.metrics("fp32_"))
-        compiled = compile_encoder(config.encoder, config.quantize, models_fingerprint())
-        mlflow.log_dict(compiled.report, "quantization_report.json")
+    bundle_dir = settings.work_dir / f"bundle-{uuid.uuid4().hex}"
+    try:
+        with mlflow.start_run(experiment_id=registry.experiment_id(),
+                              run_name=f"train-{data.scenario}-{data.data_hash[:8]}") as run:
+            mlflow.log_params({**config.model_dump(mode="json"), "data_hash": data.data_hash,
+                               "n_train": data.cut, "n_eval": len(truth)})
+            code = fingerprint(config.encoder)
+            embeddings = embed(texts, config.encoder, code)
+            head = fit_head(texts[train_rows], embeddings[train_rows], users[train_rows] if users else None,
+                            list(data.events["label"])[train_rows], config.epochs, config.seed)
+            eval_batch = featurize(eval_texts, embeddings[eval_rows], FeatureSpec(), eval_users)
+            reference = head.predict_proba_many(eval_batch)
+            fp32 = evaluate(reference, truth, INTENTS)
+            mlflow.log_metrics(fp32.metrics("fp32_"))
+            compiled = compile_encoder(config.encoder, config.quantize, code)
+            mlflow.log_dict(compiled.report, "quantization_report.json")
 
-        parent = registry.champion()
-        lineage = {"data_hash": data.data_hash, "scenario": data.scenario, "code_version": code_version(),
-                   "parent_version": parent.version if parent else None, "source": "train",
-                   "train_run_id": run.info.run_id}
-        bundle_dir = settings.work_dir / f"bundle-{run.info.run_id}"
-        bundle = build_bundle(compiled, head, config.encoder, fp32.metrics("fp32_"), lineage, bundle_dir)
-        try:
-            report, proba = gate(reference, bundle, eval_texts, eval_users, truth, config)
-        except GateFailed as exc:
-            mlflow.log_dict(exc.report.to_dict(), "gate_report.json")
-            mlflow.set_tag("gate_failure", str(exc)[:500])
-            logger.error("gate failed, nothing registered: %s", exc)
-            raise
-        mlflow.log_dict(report.to_dict(), "gate_report.json")
-        mlflow.log_metrics(report.metrics())
-        ev = evaluate(proba, truth, INTENTS)
-        mlflow.log_metrics(ev.metrics())
-        _log_eval_artifacts(ev)
+            parent = registry.champion()
+            lineage = {"data_hash": data.data_hash, "scenario": data.scenario, "code_version": code_version(),
+                       "parent_version": parent.version if parent else None, "source": "train",
+                       "train_run_id": run.info.run_id}
+            bundle = build_bundle(compiled, head, config.encoder, fp32.metrics("fp32_"), lineage, bundle_dir)
+            try:
+                report, proba = gate(reference, bundle, eval_texts, eval_users, truth, config)
+            except GateFailed as exc:
+                mlflow.log_dict(exc.report.to_dict(), "gate_report.json")
+                mlflow.set_tag("gate_failure", str(exc)[:500])
+                logger.error("gate failed, nothing registered: %s", exc)
+                raise
+            mlflow.log_dict(report.to_dict(), "gate_report.json")
+            mlflow.log_metrics(report.metrics())
+            ev = evaluate(proba, truth, INTENTS)
+            mlflow.log_metrics(ev.metrics())
+            _log_eval_artifacts(ev)
 
-        champion = score_champion(settings, eval_texts, eval_users, truth)
-        tags = {**{k: "" if v is None else v for k, v in lineage.items()},
-                **{f"metric.{k}": f"{v:.4f}" for k, v in ev.metrics().items()},
-                **{f"gate.{k}": v for k, v in report.to_tags().items()},
-                "quantization": compiled.report["quantization"],
-                "deployed_mb": f"{compiled.report['deployed_mb']:.1f}"}
-        if champion is not None:
-            tags["vs_champion.version"] = champion[0].version
-            tags["vs_champion.accuracy_delta"] = f"{ev.accuracy - champion[1].accuracy:+.4f}"
-        version = register(settings, bundle, tags, _description(ev, report, champion, compiled.report, lineage))
-        promoted, reason = deploy(settings, version, ev.accuracy, champion, config.deploy_margin)
-        mlflow.set_tags({"registered_version": version.version, "deploy.decision": reason})
-        logger.info("v%d %s: %s", version.version, "promoted" if promoted else "not promoted", reason)
+            champion = score_champion(settings, eval_texts, eval_users, truth)
+            tags = {**{k: "" if v is None else v for k, v in lineage.items()},
+                    **{f"metric.{k}": f"{v:.4f}" for k, v in ev.metrics().items()},
+                    **{f"gate.{k}": v for k, v in report.to_tags().items()},
+                    "quantization": compiled.report["quantization"],
+                    "deployed_mb": f"{compiled.report['deployed_mb']:.1f}"}
+            if champion is not None:
+                tags["vs_champion.version"] = champion[0].version
+                tags["vs_champion.accuracy_delta"] = f"{ev.accuracy - champion[1].accuracy:+.4f}"
+            description = _description(ev, report, champion, compiled.report, lineage)
+            version = register(settings, bundle, tags, description)
+            promoted, reason = deploy(settings, version, ev.accuracy, champion, config.deploy_margin)
+            mlflow.set_tags({"registered_version": version.version, "deploy.decision": reason})
+            logger.info("v%d %s: %s", version.version, "promoted" if promoted else "not promoted", reason)
 
-    if promoted and config.announce and settings.kafka_bootstrap_servers:
-        announce(settings, registry.get(version.version))
-    if users is not None:
-        materialize_features(settings)
-    shutil.rmtree(bundle_dir, ignore_errors=True)
+        if promoted and config.announce and settings.kafka_bootstrap_servers:
+            announce(settings, registry.get(version.version))
+        if users is not None:
+            materialize_features(settings)
+    finally:
+        shutil.rmtree(bundle_dir, ignore_errors=True)  # the registry holds its own copy
     return TrainResult(run.info.run_id, version.version, promoted, reason, ev.metrics())
 
 

@@ -92,8 +92,12 @@ def historical_user_features(store: FeatureStore, entity_df: pd.DataFrame) -> pd
     return pd.concat([entity_df, features], axis=1)
 
 
-def materialize(store: FeatureStore, end: datetime, include_pushed: bool = False) -> None:
-    """Copy offline rows up to `end` into the online store, from where each view's last run (or end - ttl) left off."""
+def materialize(store: FeatureStore, end: datetime, include_pushed: bool = False, full: bool = False) -> None:
+    """Copy offline rows up to `end` into the online store, from where each view's last run (or end - ttl) left off.
+
+    `full` starts every view at `end - ttl` again: needed after a table was rewritten with rows
+    older than the last run (a regenerated user table keeps its old valid-from times).
+    """
     end = _utc(end)
     for view in store.list_feature_views():
         if view.stream_source is not None and not include_pushed:
@@ -102,7 +106,8 @@ def materialize(store: FeatureStore, end: datetime, include_pushed: bool = False
             continue
         # Unlike materialize_incremental, a first run starts at `end - ttl`, not at wall-clock now - ttl,
         # so replayed or simulated time works too.
-        start = _utc(view.most_recent_end_time or end - (view.ttl or timedelta(days=365)))
+        window_start = end - (view.ttl or timedelta(days=365))
+        start = _utc(window_start if full else (view.most_recent_end_time or window_start))
         if start >= end:
             continue
         with _printed_to_debug_log():

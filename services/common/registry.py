@@ -36,8 +36,10 @@ SIGNATURE = ModelSignature(
                    *(ColSpec("string", f, required=False) for f in USER_FIELDS)]),
     outputs=Schema([ColSpec("string", "intent"), ColSpec("double", "confidence")]),
 )
-RUNTIME_REQUIREMENTS = ["onnxruntime==1.31.1", "transformers==5.23.0", "numba==0.68.1", "mmh3==5.3.1",
-                        "numpy", "scipy", "pandas", "loopline"]
+# What loading a version needs besides the loopline code itself (installed, not vendored into the model).
+RUNTIME_REQUIREMENTS = ["onnxruntime==1.31.1", "transformers==5.23.0", "torch==2.13.0", "numba==0.68.1",
+                        "mmh3==5.3.1", "numpy", "scipy", "pandas"]
+TAG_LIMIT = 5000  # MLflow's column size for tag values (enforced by PostgreSQL, not SQLite)
 
 
 class RegistryError(Exception):
@@ -82,12 +84,19 @@ class Registry:
     def register(self, bundle_dir: Path, tags: Mapping[str, Any], description: str = "") -> Version:
         """Log the bundle as a pyfunc model in the active run and register it as a new version."""
         verify_bundle(bundle_dir)
+        run = mlflow.active_run()
+        if run is not None:
+            # A retried register must not create a second version for the same run.
+            for existing in self.client.search_model_versions(f"name='{self.name}' and run_id='{run.info.run_id}'"):
+                return self._finish(str(existing.version), tags, description)
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(PYFUNC_CODE), artifacts={"bundle": str(bundle_dir)},
             registered_model_name=self.name, signature=SIGNATURE,
             pip_requirements=RUNTIME_REQUIREMENTS,
         )
-        version = str(info.registered_model_version)
+        return self._finish(str(info.registered_model_version), tags, description)
+
+    def _finish(self, version: str, tags: Mapping[str, Any], description: str) -> Version:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, version, key, str(value))
         if description:
@@ -133,14 +142,24 @@ class Registry:
         return previous
 
     def rollback(self, version: int | None = None) -> Version:
-        """Move `champion` back to `version`, or to the champion before the current one."""
+        """Move `champion` back to `version`, or to the champion before the current one.
+
+        Versions once rolled away from are skipped, so repeated rollbacks keep
+        going back instead of flipping between the last two champions.
+        """
+        current = self.champion()
         if version is None:
-            current = self.champion()
-            earlier = [v for v in self.history() if current is None or v["version"] != current.version]
+            history = self.history()
+            rolled_away = {int(e["from"]) for e in history if e.get("from") is not None}
+            skip = rolled_away | ({current.version} if current else set())
+            earlier = [int(e["version"]) for e in history if int(e["version"]) not in skip]
             if not earlier:
                 raise RegistryError("no earlier champion to roll back to")
-            version = int(earlier[-1]["version"])
-        self.promote(version, reason="rollback")
+            version = earlier[-1]
+        self.get(version)  # refuses an unknown version before anything moves
+        if current is None or current.version != version:
+            self.client.set_registered_model_alias(self.name, CHAMPION, str(version))
+            self._record(version, "rollback", rolled_from=current.version if current else None)
         return self.get(version)
 
     def history(self) -> list[dict[str, Any]]:
@@ -151,10 +170,16 @@ class Registry:
             return []
         return list(json.loads(tags.get("champion_history", "[]")))
 
-    def _record(self, version: int, reason: str) -> None:
-        # Kept short: MLflow tag values are limited in length.
-        entries = [*self.history(), {"version": version, "reason": reason[:200]}][-50:]
-        self.client.set_registered_model_tag(self.name, "champion_history", json.dumps(entries))
+    def _record(self, version: int, reason: str, rolled_from: int | None = None) -> None:
+        entry: dict[str, Any] = {"version": version, "reason": reason[:120]}
+        if rolled_from is not None:
+            entry["from"] = rolled_from
+        entries = [*self.history(), entry]
+        text = json.dumps(entries)
+        while len(text) > TAG_LIMIT and len(entries) > 1:  # oldest moves go first
+            entries = entries[1:]
+            text = json.dumps(entries)
+        self.client.set_registered_model_tag(self.name, "champion_history", text)
 
     def download(self, version: int, dest: Path | None = None) -> Path:
         """Fetch a version's bundle folder and verify it; returns its path."""

@@ -89,13 +89,21 @@ def test_first_version_becomes_champion_with_lineage_and_artifacts(
     assert "accuracy" in version.description and "gates: passed" in version.description
 
 
-def test_champion_loads_as_pyfunc_and_predicts_texts(settings: CommonSettings, first_run: TrainResult) -> None:
+def test_champion_loads_as_pyfunc_and_predicts_texts(
+    settings: CommonSettings, first_run: TrainResult, tmp_path: Path
+) -> None:
     model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@{CHAMPION}")
     texts = ["turn on wifi", "set an alarm for 7am", "play some jazz"]
     out = model.predict(pd.DataFrame({"text": texts}))
     assert list(out.columns) == ["intent", "confidence"] and len(out) == 3
     assert set(out["intent"]) <= set(INTENTS)
     assert ((out["confidence"] > 0) & (out["confidence"] <= 1)).all()
+    from models.predict import Predictor
+
+    direct = Predictor(Registry(settings).download(first_run.version, tmp_path))
+    assert list(out["intent"]) == direct.predict(texts)
+    with_users = model.predict(pd.DataFrame({"text": texts, "device": ["ios", "android", None]}))
+    assert list(with_users["intent"]) == direct.predict(texts, [{"device": "ios"}, {"device": "android"}, None])
 
 
 def _scramble_embeddings(quantize: Callable[..., Path]) -> Callable[..., Path]:
@@ -152,5 +160,15 @@ def test_worse_challenger_keeps_champion_then_promote_and_rollback(
     rolled = runner.invoke(app, ["models", "rollback"])
     assert rolled.exit_code == 0, rolled.output
     assert registry.champion().version == 1
+    # promote 2 again, then roll back twice: 2 -> 1, then nothing earlier is left (never back to 2)
+    assert runner.invoke(app, ["models", "promote", "2"]).exit_code == 0
+    assert runner.invoke(app, ["models", "rollback"]).exit_code == 0
+    assert registry.champion().version == 1
+    again = runner.invoke(app, ["models", "rollback"])
+    assert again.exit_code == 2 and "no earlier champion" in again.output
+    assert registry.champion().version == 1
+    assert runner.invoke(app, ["models", "rollback", "2"]).exit_code == 0
+    assert registry.champion().version == 2
+    assert len(registry.client.get_registered_model(settings.model_name).tags["champion_history"]) <= 5000
     missing = runner.invoke(app, ["models", "promote", "99"])
     assert missing.exit_code == 2 and "no version 99" in missing.output
