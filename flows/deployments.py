@@ -36,7 +36,8 @@ def build_deployments(cron: str = "0 3 * * *", encoder: str = "minilm") -> list[
 
 def serve_deployments(cron: str = "0 3 * * *", encoder: str = "minilm") -> None:
     """Register both deployments and run their flow runs in this process until stopped."""
-    serve(*build_deployments(cron, encoder))
+    # One run at a time: two runs would race on the champion alias and the Feast store.
+    serve(*build_deployments(cron, encoder), limit=1)
 
 
 def emit_drift_detected(source: str, payload: dict[str, object]) -> None:

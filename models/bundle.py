@@ -128,6 +128,9 @@ def verify_bundle(folder: str | Path) -> Manifest:
     """The manifest, after checking that every listed file exists with its sha256 and nothing is extra."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    for required in (ENCODER_FILE, HEAD_FILE):
+        if required not in manifest.files:
+            raise BundleError(f"{required}: not listed in the manifest")
     present = {p.relative_to(folder).as_posix() for p in _payload_files(folder)}
     missing = sorted(set(manifest.files) - present)
     if missing:

@@ -1,35 +1,30 @@
-"""Compile the encoder for serving: ONNX export, ORT graph fusion, and an ORT-backed encoder.
+"""Compile the encoder for serving: ONNX export and ORT graph fusion.
 
 `export_onnx` puts mean pooling and L2 normalisation inside the graph, so the
 ONNX output `embedding` is what `Encoder.encode` returns; `optimize_onnx` fuses
 embeddings+LayerNorm, attention and bias+GELU with ONNX Runtime's transformer
-optimizer; `OnnxEncoder` runs any of these files (FP32 or INT8, see
-models.quantize) with the same batching as `Encoder`, and is what serving loads.
+optimizer; `models.onnx_encoder.OnnxEncoder` (re-exported here) runs any of
+these files (FP32 or INT8, see models.quantize) with the same batching as
+`Encoder`, without torch, and is what serving loads.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnxruntime as ort
 import torch
 
-from models.encoder import Encoder, Progress
+from models.encoder import Encoder
+from models.onnx_encoder import INPUTS, OUTPUT, OnnxEncoder
+
+__all__ = ["INPUTS", "OUTPUT", "OnnxEncoder", "export_onnx", "optimize_onnx"]
 
 log = logging.getLogger(__name__)
 
-INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-OUTPUT = "embedding"
 OPSET = 17  # LayerNormalization is one op from 17 on: ORT fuses and runs it natively
-# ORT 1.31's CPU SkipLayerNormalization kernel takes ~27 us on a 10x384 input where
-# Add + LayerNormalization take ~8 us; keeping them apart made MiniLM INT8 ~6% faster at
-# batch 1 (2.28 vs 2.42 ms per run), so neither the optimizer nor the session fuses them.
-DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
 class _Pooled(torch.nn.Module):
@@ -88,7 +83,7 @@ def optimize_onnx(src: str | Path, dst: str | Path, num_heads: int, hidden_size:
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     options = FusionOptions("bert")
-    options.enable_skip_layer_norm = False  # see DISABLED_OPTIMIZERS
+    options.enable_skip_layer_norm = False  # see models.onnx_encoder.DISABLED_OPTIMIZERS
     # opt_level 0: only the Python fusions, which give portable contrib ops; the session
     # applies its own (hardware specific) optimisations when it loads the file.
     model = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
@@ -97,81 +92,3 @@ def optimize_onnx(src: str | Path, dst: str | Path, num_heads: int, hidden_size:
     log.info("fused %s: %s", dst.name, fused)
     model.save_model_to_file(str(dst), use_external_data_format=False)
     return dst
-
-
-class OnnxEncoder:
-    """`Encoder.encode` over an ONNX Runtime session: same tokens, batches and row order."""
-
-    def __init__(self, model_path: str | Path, tokenizer: Any, max_length: int = 64,
-                 threads: int = 1) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1  # the graph is a chain: parallelism is inside ops
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"],
-                                            disabled_optimizers=list(DISABLED_OPTIMIZERS))
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.threads = threads
-        self._dim = int(self.session.get_outputs()[0].shape[-1])
-        self._fast = _rust_tokenizer(tokenizer, max_length)
-
-    @classmethod
-    def load(cls, model_path: str | Path, tokenizer_dir: str | Path, max_length: int = 64,
-             threads: int = 1) -> OnnxEncoder:
-        """An ONNX file plus a tokenizer folder (as `Encoder.save` or `save_pretrained` wrote it)."""
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        return cls(model_path, tokenizer, max_length, threads)
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """The three int64 model inputs, padded to the longest text (as `Encoder.tokenize`)."""
-        if self._fast is not None:
-            rows = [(e.ids, e.attention_mask, e.type_ids) for e in self._fast.encode_batch(list(texts))]
-            ids, mask, types = np.asarray(rows, dtype=np.int64).transpose(1, 0, 2)
-            return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        # Right padding always: the fused graph reads each sequence's length off the mask.
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                               padding_side="right", return_tensors="np")
-        ids = np.asarray(batch["input_ids"], dtype=np.int64)
-        types = batch.get("token_type_ids")
-        return {"input_ids": ids, "attention_mask": np.asarray(batch["attention_mask"], dtype=np.int64),
-                "token_type_ids": np.zeros_like(ids) if types is None else np.asarray(types, np.int64)}
-
-    def forward(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        return np.asarray(self.session.run([OUTPUT], batch)[0], dtype=np.float32)
-
-    def encode(self, texts: Sequence[str], batch_size: int = 64,
-               on_batch: Progress | None = None) -> np.ndarray:
-        """(len(texts), dim) float32 embeddings, batched exactly as `Encoder.encode` batches."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
-            out[idx] = self.forward(self.tokenize([texts[i] for i in idx]))
-            if on_batch is not None:
-                on_batch(len(idx))
-        return out
-
-
-def _rust_tokenizer(tokenizer: Any, max_length: int) -> Any | None:
-    """A private copy of a fast tokenizer's Rust backend set up as `Encoder.tokenize` calls it.
-
-    Calling the backend directly costs ~30 us per request instead of ~100-150 us through
-    the transformers wrapper, a few percent of an INT8 forward pass. A copy, because the
-    wrapper rewrites its backend's padding and truncation on every call.
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or tokenizer.pad_token_id is None:
-        return None  # the wrapper path handles everything else
-    from tokenizers import Tokenizer
-
-    fast = Tokenizer.from_str(backend.to_str())
-    fast.enable_truncation(max_length, strategy="longest_first", direction=tokenizer.truncation_side)
-    fast.enable_padding(direction="right", pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token,
-                        pad_type_id=tokenizer.pad_token_type_id)
-    return fast

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from models.bundle import ENCODER_FILE, HEAD_FILE, TOKENIZER_DIR, Manifest, verify_bundle
-from models.compile import OnnxEncoder
+from models.bundle import ENCODER_FILE, HEAD_FILE, TOKENIZER_DIR, BundleError, Manifest, verify_bundle
 from models.ftrl import Batch, FTRLProximal
+from models.onnx_encoder import OnnxEncoder
 from models.train import featurize
 
 UserRecord = Mapping[str, Any] | None
@@ -32,6 +32,7 @@ class Predictor:
         self.head = FTRLProximal.load(self.folder / HEAD_FILE)
         self.spec = self.manifest.spec
         self.classes = self.manifest.classes
+        _check_consistent(self)
 
     def features(self, texts: Sequence[str], users: Sequence[UserRecord] | None = None) -> Batch:
         """What the head sees: hashed text and user features plus the embedding."""
@@ -42,3 +43,16 @@ class Predictor:
 
     def predict(self, texts: Sequence[str], users: Sequence[UserRecord] | None = None) -> list[str]:
         return [self.classes[i] for i in self.predict_proba(texts, users).argmax(axis=1)]
+
+
+def _check_consistent(predictor: Predictor) -> None:
+    """The manifest, the head and the encoder must describe the same model, or nothing is served."""
+    head, problems = predictor.head, []
+    if tuple(head.classes) != predictor.classes:
+        problems.append("head classes differ from the manifest's")
+    if head.sparse_dim != predictor.spec.dim:
+        problems.append(f"head has {head.sparse_dim} sparse inputs, feature spec hashes into {predictor.spec.dim}")
+    if head.dense_dim != predictor.encoder.dim:
+        problems.append(f"head expects {head.dense_dim}-d embeddings, encoder gives {predictor.encoder.dim}")
+    if problems:
+        raise BundleError(f"{predictor.folder}: " + "; ".join(problems))
