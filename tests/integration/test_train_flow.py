@@ -124,10 +124,11 @@ def _scramble_embeddings(quantize: Callable[..., Path]) -> Callable[..., Path]:
 def test_broken_compile_is_stopped_by_the_gate(
     settings: CommonSettings, first_run: TrainResult, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import flows.model_tasks as model_tasks
     import flows.train as train
 
-    monkeypatch.setattr(train, "quantize_onnx", _scramble_embeddings(train.quantize_onnx))
-    monkeypatch.setattr(train, "compile_encoder", train.compile_encoder.with_options(cache_policy=NO_CACHE))
+    monkeypatch.setattr(model_tasks, "quantize_onnx", _scramble_embeddings(model_tasks.quantize_onnx))
+    monkeypatch.setattr(train, "compile_encoder", model_tasks.compile_encoder.with_options(cache_policy=NO_CACHE))
     with pytest.raises(GateFailed, match="agreement with torch FP32") as failure:
         train.train_flow(TrainConfig(**SMALL))
     assert not failure.value.report.passed
