@@ -43,3 +43,4 @@ def test_nightly_schedule_and_drift_trigger_create_runs(prefect_server: str) -> 
             time.sleep(1)
             runs = asyncio.run(_flow_runs(drift_id))
         assert runs, f"no flow run of the on-drift deployment within 60 s of {DRIFT_EVENT}"
+        assert runs[0].parameters["config"]["encoder"] == "tiny"
