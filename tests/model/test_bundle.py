@@ -3,55 +3,30 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from models.bundle import ENCODER_FILE, HEAD_FILE, MANIFEST, TOKENIZER_DIR, BundleError, write_manifest
+from models.bundle import HEAD_FILE, MANIFEST, TOKENIZER_DIR, BundleError
 from models.catalog import INTENTS
-from models.compile import export_onnx
-from models.encoder import Encoder
 from models.features import FeatureSpec
-from models.ftrl import FTRLProximal
 from models.predict import Predictor
-from models.traffic import TrafficConfig, generate
-from models.train import HeadConfig, featurize, train_head
+from models.train import featurize
 
-SPEC = FeatureSpec(bits=12)
-
-
-@pytest.fixture(scope="module")
-def trained() -> tuple[Encoder, FTRLProximal, list[str]]:
-    events = generate(TrafficConfig(n_events=600, n_users=50, seed=2)).events
-    encoder = Encoder.tiny_random(seed=1)
-    texts = list(events["text"])
-    head = train_head(featurize(texts, encoder.encode(texts), SPEC), list(events["label"]), INTENTS,
-                      HeadConfig(epochs=2))
-    return encoder, head, texts
+SPEC = FeatureSpec(bits=12)  # what the tiny_bundle fixture hashes with
 
 
-def _bundle(folder: Path, encoder: Encoder, head: FTRLProximal, spec: FeatureSpec = SPEC) -> Path:
-    folder.mkdir()
-    export_onnx(encoder, folder / ENCODER_FILE)
-    encoder.tokenizer.save_pretrained(folder / TOKENIZER_DIR)
-    head.save(folder / HEAD_FILE)
-    write_manifest(folder, spec, INTENTS, encoder={"dim": encoder.dim, "max_length": encoder.max_length})
-    return folder
-
-
-def test_bundle_predicts_like_the_torch_model(trained, tmp_path: Path) -> None:
+def test_bundle_predicts_like_the_torch_model(trained, tiny_bundle) -> None:
     encoder, head, texts = trained
-    predictor = Predictor(_bundle(tmp_path / "b", encoder, head))
+    predictor = Predictor(tiny_bundle())
     sample = texts[:200]
     expected = head.predict_proba_many(featurize(sample, encoder.encode(sample), SPEC))
     np.testing.assert_allclose(predictor.predict_proba(sample), expected, atol=1e-4)
     assert predictor.predict(sample) == [INTENTS[i] for i in expected.argmax(axis=1)]
 
 
-def test_altered_or_incomplete_bundles_are_refused(trained, tmp_path: Path) -> None:
-    encoder, head, _ = trained
-    folder = _bundle(tmp_path / "b", encoder, head)
+def test_altered_or_incomplete_bundles_are_refused(tiny_bundle) -> None:
+    folder = tiny_bundle()
     vocab = folder / TOKENIZER_DIR / "tokenizer.json"
     vocab.write_bytes(vocab.read_bytes().replace(b'"want"', b'"wont"', 1))
     assert b'"wont"' in vocab.read_bytes()
@@ -64,8 +39,7 @@ def test_altered_or_incomplete_bundles_are_refused(trained, tmp_path: Path) -> N
         Predictor(folder)
 
 
-def test_a_head_that_does_not_fit_the_feature_spec_is_refused(trained, tmp_path: Path) -> None:
-    encoder, head, _ = trained
-    folder = _bundle(tmp_path / "b", encoder, head, spec=FeatureSpec(bits=14))
+def test_a_head_that_does_not_fit_the_feature_spec_is_refused(tiny_bundle) -> None:
+    folder = tiny_bundle(spec=FeatureSpec(bits=14))
     with pytest.raises(BundleError, match="feature spec hashes into 16384"):
         Predictor(folder)

@@ -1,0 +1,31 @@
+"""Serving settings, from `LOOPLINE_*` environment variables (plus the shared ones)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+
+from services.common.settings import CommonSettings
+
+PLACEHOLDERS = {"", "changeme", "change-me", "secret", "token"}
+
+
+class ServingSettings(CommonSettings):
+    """How the serving service listens, batches, limits input and guards its admin routes."""
+
+    host: str = Field("127.0.0.1", description="Listen address; loopback unless you mean otherwise.")
+    port: int = Field(8000, ge=1, le=65535)
+    admin_token: SecretStr | None = Field(None, description="Bearer token for /v1/admin/*; unset: admin off.")
+    ort_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads per call.")
+    max_batch: int = Field(32, ge=1, le=1024, description="Dynamic batching: most requests per model call.")
+    max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="Dynamic batching: longest wait for company.")
+    max_text_chars: int = Field(1000, ge=1, description="Longer texts are refused with 422.")
+    max_batch_texts: int = Field(256, ge=1, description="Most texts in one /v1/predict/batch request.")
+    top_k: int = Field(3, ge=1, description="Probabilities returned per prediction.")
+    log_capacity: int = Field(10_000, ge=1, description="Prediction log buffer; overflow is dropped and counted.")
+
+    @field_validator("admin_token")
+    @classmethod
+    def _no_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDERS:
+            raise ValueError("LOOPLINE_ADMIN_TOKEN is a placeholder; set a real secret or leave it unset")
+        return value

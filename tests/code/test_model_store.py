@@ -1,0 +1,58 @@
+"""ModelStore: verified loads, atomic swaps, deltas in order, failures keep the old model serving."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from models.bundle import ENCODER_FILE
+from models.features import FeatureSpec
+from models.ftrl import FTRLProximal
+from models.train import featurize
+from services.common.events import ModelUpdate
+from services.serving.model_store import LoadError, ModelStore
+
+SPEC = FeatureSpec(bits=12)  # what the tiny_bundle fixture hashes with
+
+
+def _delta(model: FTRLProximal, base: int, sequence: int) -> ModelUpdate:
+    return ModelUpdate(model="m", kind="delta", version=f"{base}+ftrl.{sequence}", base_version=base,
+                       sequence=sequence, delta=base64.b64encode(model.delta().to_bytes()).decode())
+
+
+def test_load_predict_and_deltas_in_order(trained, tiny_bundle, tmp_path) -> None:
+    encoder, head, texts = trained
+    store = ModelStore()
+    store.load_bundle(tiny_bundle(), version=3)
+    snapshot, _, proba = store.predict(texts[:20])
+    assert snapshot.version == "3" and proba.shape == (20, len(snapshot.classes))
+
+    head.save(tmp_path / "head.npz")
+    learner = FTRLProximal.load(tmp_path / "head.npz")  # a copy: the session's head stays untouched
+    learner.mark()
+    batch = featurize(texts[:64], encoder.encode(texts[:64]), SPEC)
+    learner.learn_many(batch, np.zeros(64, dtype=np.int64))
+    update = _delta(learner, base=3, sequence=1)
+    assert store.apply(update)
+    assert store.current.version == "3+ftrl.1"
+    np.testing.assert_allclose(store.predict(texts[:64])[2], learner.predict_proba_many(batch), atol=1e-4)
+    assert not store.apply(update), "a replayed delta is skipped"
+    assert not store.apply(_delta(learner, base=2, sequence=5)), "a delta for another base version is skipped"
+    assert snapshot.version == "3", "a snapshot taken before the delta stays as it was"
+
+
+def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(tiny_bundle) -> None:
+    store = ModelStore()
+    store.load_bundle(tiny_bundle("good"), version=1)
+    bad = tiny_bundle("bad")
+    (bad / ENCODER_FILE).write_bytes((bad / ENCODER_FILE).read_bytes()[:-10])
+    with pytest.raises(LoadError, match="sha256 mismatch"):
+        store.load_bundle(bad, version=2)
+    assert store.current.version == "1" and store.failed_loads == 1 and store.swaps == 1
+
+
+def test_nothing_loaded_is_an_error_not_a_crash() -> None:
+    with pytest.raises(LoadError, match="no model loaded"):
+        ModelStore().predict(["turn on wifi"])
