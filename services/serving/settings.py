@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr, field_validator
 
 from services.common.settings import CommonSettings
@@ -22,6 +24,8 @@ class ServingSettings(CommonSettings):
     max_batch_texts: int = Field(256, ge=1, description="Most texts in one /v1/predict/batch request.")
     top_k: int = Field(3, ge=1, description="Probabilities returned per prediction.")
     log_capacity: int = Field(10_000, ge=1, description="Prediction log buffer; overflow is dropped and counted.")
+    max_body_bytes: int = Field(1_000_000, ge=1, description="Larger request bodies are refused with 413.")
+    bundle: Path | None = Field(None, description="Serve this bundle folder instead of the registry's @champion.")
 
     @field_validator("admin_token")
     @classmethod

@@ -1,0 +1,229 @@
+"""The serving API: FastAPI + ONNX Runtime with dynamic batching, Feast user features and a prediction log.
+
+`create_app(settings)` builds it; the model is loaded in the lifespan handler
+(the registry's `@champion`, or a bundle folder given by LOOPLINE_BUNDLE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from services.serving.batcher import DynamicBatcher
+from services.serving.model_store import LoadError, ModelStore, Snapshot
+from services.serving.prediction_log import PredictionLog
+from services.serving.schemas import (
+    BatchPrediction,
+    BatchPredictRequest,
+    CurrentModel,
+    IntentProbability,
+    Prediction,
+    PredictRequest,
+    Readiness,
+    RollbackRequest,
+)
+from services.serving.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+Item = tuple[str, dict[str, Any] | None]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram("loopline_request_seconds", "Request latency", ["route"], registry=self.registry)
+        self.requests = Counter("loopline_requests", "Requests by route and status", ["route", "status"],
+                                registry=self.registry)
+        self.model = Gauge("loopline_model_info", "Model answering now", ["version"], registry=self.registry)
+        self.swaps = Gauge("loopline_model_swaps", "Model swaps since start", registry=self.registry)
+        self.failed_loads = Gauge("loopline_model_failed_loads", "Refused loads", registry=self.registry)
+        self.logged = Gauge("loopline_prediction_log_sent", "Prediction events sent", registry=self.registry)
+        self.dropped = Gauge("loopline_prediction_log_dropped", "Prediction events dropped", ["reason"],
+                             registry=self.registry)
+
+
+class Service:
+    """Everything a request needs, built once per process."""
+
+    def __init__(self, settings: ServingSettings) -> None:
+        self.settings = settings
+        self.store = ModelStore(threads=settings.ort_threads)
+        self.batcher: DynamicBatcher[Item, tuple[Snapshot, Any]] = DynamicBatcher(
+            self._predict_batch, settings.max_batch, settings.max_wait_ms, name="predict")
+        self.log = PredictionLog(settings.kafka_bootstrap_servers, capacity=settings.log_capacity)
+        self.metrics = Metrics()
+        self.features: Any = None  # a Feast store, when the state folder has one
+
+    def _predict_batch(self, items: list[Item]) -> list[tuple[Snapshot, Any]]:
+        snapshot, batch, proba = self.store.predict([t for t, _ in items], [u for _, u in items])
+        csr = batch.sparse.tocsr()
+        dense = batch.dense
+        return [(snapshot, (proba[i], csr.indices[csr.indptr[i]:csr.indptr[i + 1]],
+                            csr.data[csr.indptr[i]:csr.indptr[i + 1]], None if dense is None else dense[i]))
+                for i in range(len(items))]
+
+    def load_version(self, version: int | None = None) -> Snapshot:
+        """Load a registry version (default: `@champion`) or the configured bundle folder."""
+        if self.settings.bundle is not None:
+            return self.store.load_bundle(self.settings.bundle, version or 1)
+        from services.common.registry import Registry
+
+        registry = Registry(self.settings)
+        target = registry.champion() if version is None else registry.get(version)
+        if target is None:
+            raise LoadError(f"{registry.name} has no champion yet: run `loopline train`")
+        with tempfile.TemporaryDirectory(dir=self.settings.state_dir) as tmp:
+            try:
+                bundle = registry.download(target.version, Path(tmp))
+            except Exception as exc:  # any download or verification failure is a refused load
+                self.store.failed_loads += 1
+                raise LoadError(f"version {target.version} refused: {exc}") from exc
+            return self.store.load_bundle(bundle, target.version)
+
+    def user_features(self, user_id: str | None) -> dict[str, Any] | None:
+        if user_id is None or self.features is None:
+            return None
+        from services.common.features import online_user_features, user_fields
+
+        try:
+            return user_fields(online_user_features(self.features, [user_id])[0])
+        except Exception:  # an unreachable feature store degrades to "no user features"
+            log.warning("feature store read failed; answering without user features", exc_info=True)
+            return None
+
+    def answer(self, snapshot: Snapshot, result: Any, request: PredictRequest) -> Prediction:
+        proba, indices, values, embedding = result
+        order = proba.argsort()[::-1][: self.settings.top_k]
+        prediction = Prediction(
+            prediction_id=uuid.uuid4().hex, intent=snapshot.classes[order[0]], model_version=snapshot.version,
+            probabilities=[IntentProbability(intent=snapshot.classes[i], probability=float(proba[i])) for i in order])
+        event = {"schema_version": 1, "event_id": uuid.uuid4().hex, "prediction_id": prediction.prediction_id,
+                 "time": time.time(), "model_version": snapshot.version, "user_id": request.user_id,
+                 "text": request.text, "intent": prediction.intent,
+                 "features": {"indices": indices.tolist(), "values": values.tolist(),
+                              "embedding": None if embedding is None else embedding.tolist()},
+                 "probabilities": dict(zip(snapshot.classes, proba.tolist(), strict=True))}
+        self.log.offer(prediction.prediction_id, json.dumps(event).encode())
+        return prediction
+
+
+def create_app(settings: ServingSettings | None = None) -> FastAPI:
+    service = Service(settings or ServingSettings())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            await asyncio.to_thread(service.load_version)
+        except LoadError as exc:
+            log.error("starting without a model: %s", exc)
+        service.batcher.start()
+        service.log.start()
+        yield
+        await service.batcher.stop()
+        service.log.close()
+
+    app = FastAPI(title="loopline serving", version="1", lifespan=lifespan)
+    app.state.service = service
+
+    def admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        token = service.settings.admin_token
+        if token is None:
+            raise HTTPException(403, "admin endpoints are off: LOOPLINE_ADMIN_TOKEN is not set")
+        given = (authorization or "").removeprefix("Bearer ").encode()
+        if not hmac.compare_digest(given, token.get_secret_value().encode()):
+            raise HTTPException(401, "missing or wrong bearer token")
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Any) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > service.settings.max_body_bytes:
+            return JSONResponse({"detail": f"body over {service.settings.max_body_bytes} bytes"}, status_code=413)
+        start = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.url.path
+        service.metrics.latency.labels(route).observe(time.perf_counter() - start)
+        service.metrics.requests.labels(route, str(response.status_code)).inc()
+        return response
+
+    async def predict_one(request: PredictRequest) -> Prediction:
+        if len(request.text) > service.settings.max_text_chars:
+            raise HTTPException(422, f"text longer than {service.settings.max_text_chars} characters")
+        if service.store.current is None:
+            raise HTTPException(503, "no model loaded yet")
+        user = await asyncio.to_thread(service.user_features, request.user_id)
+        snapshot, result = await service.batcher.submit((request.text, user))
+        return service.answer(snapshot, result, request)
+
+    @app.post("/v1/predict", response_model=Prediction)
+    async def predict(request: PredictRequest) -> Prediction:
+        return await predict_one(request)
+
+    @app.post("/v1/predict/batch", response_model=BatchPrediction)
+    async def predict_batch(request: BatchPredictRequest) -> BatchPrediction:
+        if len(request.items) > service.settings.max_batch_texts:
+            raise HTTPException(422, f"more than {service.settings.max_batch_texts} items")
+        return BatchPrediction(predictions=list(await asyncio.gather(*map(predict_one, request.items))))
+
+    @app.get("/v1/models/current", response_model=CurrentModel)
+    async def current() -> CurrentModel:
+        snapshot = service.store.current
+        if snapshot is None:
+            raise HTTPException(503, "no model loaded yet")
+        return CurrentModel(version=snapshot.version, base_version=snapshot.base_version,
+                            online_sequence=snapshot.sequence, loaded_at=snapshot.loaded_at, lineage=snapshot.lineage)
+
+    @app.post("/v1/admin/reload", response_model=CurrentModel, dependencies=[Depends(admin)])
+    async def reload() -> CurrentModel:
+        try:
+            await asyncio.to_thread(service.load_version)
+        except LoadError as exc:
+            raise HTTPException(409, f"{exc}; still serving the previous model") from exc
+        return await current()
+
+    @app.post("/v1/admin/rollback", response_model=CurrentModel, dependencies=[Depends(admin)])
+    async def rollback(request: RollbackRequest) -> CurrentModel:
+        try:
+            await asyncio.to_thread(service.load_version, request.version)
+        except LoadError as exc:
+            raise HTTPException(409, f"{exc}; still serving the previous model") from exc
+        return await current()
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=Readiness)
+    async def readyz(response: Response) -> Readiness:
+        broker = "disabled" if not service.log.enabled else ("ok" if service.log.broker_ok else "unreachable")
+        features = "disabled" if service.features is None else "ok"
+        ready = service.store.current is not None
+        response.status_code = 200 if ready else 503
+        return Readiness(ready=ready, model_loaded=ready, broker=broker, feature_store=features)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        m, snapshot = service.metrics, service.store.current
+        m.model.clear()
+        if snapshot is not None:
+            m.model.labels(snapshot.version).set(1)
+        m.swaps.set(service.store.swaps)
+        m.failed_loads.set(service.store.failed_loads)
+        m.logged.set(service.log.sent)
+        for reason, count in service.log.dropped.items():
+            m.dropped.labels(reason).set(count)
+        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
