@@ -40,7 +40,11 @@ class BatcherClosedError(RuntimeError):
 
 @dataclass(frozen=True)
 class BatcherStats:
-    """A snapshot for metrics; `batch_sizes` counts batches per exact size (a histogram's raw data)."""
+    """A snapshot for metrics.
+
+    `batch_sizes` counts batches per exact size (a histogram's raw data); `queue_depth` counts
+    items not yet taken into a batch.
+    """
 
     batches: int
     items: int
@@ -78,6 +82,8 @@ class DynamicBatcher(Generic[T, R]):
         # Its own thread, not asyncio.to_thread's shared pool: the model call never waits behind
         # other blocking work, and one thread leaves the cores to ONNX Runtime's intra-op threads.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
+        # A fresh queue binds to this loop: each lifespan may run in a new one (TestClient does).
+        self._queue = asyncio.Queue()
         self._worker = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -15,7 +16,7 @@ def double(xs: list[int]) -> list[int]:
     return [x * 2 for x in xs]
 
 
-async def wait_until(condition, timeout: float = 5.0) -> None:
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     """Poll the event loop until `condition()` holds, instead of sleeping a guessed time."""
     async with asyncio.timeout(timeout):
         while not condition():
@@ -72,7 +73,7 @@ def test_fn_runs_off_the_event_loop_in_the_named_thread() -> None:
     (lambda xs: [1 // x for x in xs], ZeroDivisionError),  # fn raises
     (lambda xs: [], ValueError),  # fn returns the wrong number of results
 ])
-def test_a_failing_batch_fails_only_its_callers(fn, error: type[Exception]) -> None:
+def test_a_failing_batch_fails_only_its_callers(fn: Callable[[list[int]], list[int]], error: type[Exception]) -> None:
     async def main() -> None:
         calls = 0
 
@@ -191,3 +192,18 @@ def test_a_cancelled_caller_costs_no_compute() -> None:
         assert seen == [2] and gone.cancelled()
 
     asyncio.run(main())
+
+
+def test_restarts_under_a_new_event_loop() -> None:
+    """A lifespan may start the same batcher again in a new loop (FastAPI's TestClient does)."""
+    batcher = DynamicBatcher(double)
+
+    async def serve_once(x: int) -> int:
+        batcher.start()
+        try:
+            return await batcher.submit(x)
+        finally:
+            await batcher.stop()
+
+    assert [asyncio.run(serve_once(x)) for x in (1, 2)] == [2, 4]
+    assert batcher.stats().batches == 2
