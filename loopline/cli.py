@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from loopline.cli_models import models_app
-from loopline.cli_train import flows_app, train
+from loopline.cli_train import flows_app, serve_api, train
 from loopline.ui import console, fail, progress_display
 
 app = typer.Typer(help="loopline: an online-learning MLOps pipeline with a feedback loop.",
@@ -20,6 +20,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(flows_app, name="flows")
 app.command()(train)
+app.command("serve")(serve_api)
 
 
 @data_app.command("generate")

@@ -85,3 +85,19 @@ def serve(
         serve_deployments(cron=cron, encoder=encoder)
     except ValueError as exc:
         fail(str(exc))
+
+
+def serve_api() -> None:
+    """Start the serving API (uvicorn) with settings from LOOPLINE_* variables."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from services.serving.app import create_app
+    from services.serving.settings import ServingSettings
+
+    try:
+        settings = ServingSettings()
+    except ValidationError as exc:
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    console.print(f"serving on http://{settings.host}:{settings.port} (docs at /docs)")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")

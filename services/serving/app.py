@@ -66,6 +66,7 @@ class Service:
         self.log = PredictionLog(settings.kafka_bootstrap_servers, capacity=settings.log_capacity)
         self.metrics = Metrics()
         self.features: Any = None  # a Feast store, when the state folder has one
+        self.feature_state = "disabled"  # disabled, loading, ok, unreachable
 
     def _predict_batch(self, items: list[Item]) -> list[tuple[Snapshot, Any]]:
         snapshot, batch, proba = self.store.predict([t for t, _ in items], [u for _, u in items])
@@ -93,16 +94,35 @@ class Service:
                 raise LoadError(f"version {target.version} refused: {exc}") from exc
             return self.store.load_bundle(bundle, target.version)
 
+    def open_features(self) -> None:
+        """Open the state folder's Feast store if the train flow made one (importing Feast takes seconds)."""
+        folder = self.settings.state_dir / "feast"
+        if not (folder / "data" / "registry.db").exists():
+            return
+        self.feature_state = "loading"
+        from services.common.features import open_store
+
+        try:
+            self.features = open_store(folder, repo=self.settings.feature_repo, apply=False)
+            self.feature_state = "ok"
+        except Exception:  # serving answers without user features rather than not at all
+            log.warning("feature store at %s cannot be opened", folder, exc_info=True)
+            self.feature_state = "unreachable"
+
     def user_features(self, user_id: str | None) -> dict[str, Any] | None:
+        """Online features of a known user; unknown users and an unreachable store give none."""
         if user_id is None or self.features is None:
             return None
         from services.common.features import online_user_features, user_fields
 
         try:
-            return user_fields(online_user_features(self.features, [user_id])[0])
+            features = user_fields(online_user_features(self.features, [user_id])[0])
         except Exception:  # an unreachable feature store degrades to "no user features"
             log.warning("feature store read failed; answering without user features", exc_info=True)
+            self.feature_state = "unreachable"
             return None
+        self.feature_state = "ok"
+        return features
 
     def answer(self, snapshot: Snapshot, result: Any, request: PredictRequest) -> Prediction:
         proba, indices, values, embedding = result
@@ -131,7 +151,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             log.error("starting without a model: %s", exc)
         service.batcher.start()
         service.log.start()
+        features = asyncio.create_task(asyncio.to_thread(service.open_features))
         yield
+        await features
         await service.batcher.stop()
         service.log.close()
 
@@ -208,7 +230,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     @app.get("/readyz", response_model=Readiness)
     async def readyz(response: Response) -> Readiness:
         broker = "disabled" if not service.log.enabled else ("ok" if service.log.broker_ok else "unreachable")
-        features = "disabled" if service.features is None else "ok"
+        features = service.feature_state
         ready = service.store.current is not None
         response.status_code = 200 if ready else 503
         return Readiness(ready=ready, model_loaded=ready, broker=broker, feature_store=features)

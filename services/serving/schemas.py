@@ -59,4 +59,4 @@ class Readiness(BaseModel):
     ready: bool
     model_loaded: bool
     broker: str = Field(description="ok, unreachable, or disabled")
-    feature_store: str = Field(description="ok, unreachable, or disabled")
+    feature_store: str = Field(description="ok, loading, unreachable, or disabled (no store in the state folder)")

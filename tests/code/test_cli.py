@@ -71,3 +71,9 @@ def test_flows_serve_needs_a_prefect_server(monkeypatch) -> None:
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     result = runner.invoke(app, ["flows", "serve"])
     assert result.exit_code == 2 and "PREFECT_API_URL" in result.output
+
+
+def test_serve_refuses_a_placeholder_admin_token(monkeypatch) -> None:
+    monkeypatch.setenv("LOOPLINE_ADMIN_TOKEN", "changeme")
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 2 and "placeholder" in result.output
