@@ -86,6 +86,7 @@ class Service:
         target = registry.champion() if version is None else registry.get(version)
         if target is None:
             raise LoadError(f"{registry.name} has no champion yet: run `loopline train`")
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.settings.state_dir) as tmp:
             try:
                 bundle = registry.download(target.version, Path(tmp))
