@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,7 +31,7 @@ from models.encoder import Encoder
 from models.features import FeatureSpec
 from models.ftrl import FTRLProximal
 from models.predict import Predictor
-from models.quantize import QuantizeConfig, quantize_onnx
+from models.quantize import QuantizeConfig, latency_samples, quantize_onnx, summarize_latency
 from models.train import HeadConfig, featurize, train_head
 
 CACHE_TTL = timedelta(days=7)
@@ -148,12 +147,6 @@ def gate(reference: np.ndarray, bundle: Path, texts: list[str], users: list[dict
     return report, proba
 
 
-def latency_ms(encode: Callable[..., np.ndarray], texts: list[str]) -> float:
+def latency_ms(encode: Callable[[list[str]], Any], texts: list[str]) -> float:
     """Median milliseconds to encode one text (batch 1), after one warm-up call."""
-    encode(texts[:1])
-    times = []
-    for text in texts:
-        start = time.perf_counter()
-        encode([text])
-        times.append((time.perf_counter() - start) * 1000)
-    return float(np.median(times))
+    return summarize_latency(latency_samples(encode, texts))["p50_ms"]

@@ -98,11 +98,5 @@ def start_broker(state_dir: Path, port: int = DEFAULT_PORT, timeout: float = STA
     env["RUST_LOG"] = "warn"  # at info Tansu writes ~50k log lines for a few hundred messages
     proc = ManagedProcess(NAME, broker_command(port), state_dir, cwd=workdir, env=env,
                           url=f"{HOST}:{port}")
-    proc.start()
-    try:
-        proc.wait_healthy(lambda: broker_healthy(proc.url), timeout)
-        create_topics(proc.url, partitions)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
+    return proc.start_healthy(lambda: broker_healthy(proc.url), timeout,
+                              then=lambda: create_topics(proc.url, partitions))

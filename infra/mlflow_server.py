@@ -60,10 +60,4 @@ def start_mlflow(state_dir: Path, port: int = DEFAULT_PORT, timeout: float = STA
     proc = ManagedProcess(NAME, mlflow_command(workdir, port), state_dir, cwd=workdir,
                           env={**os.environ, **SERVER_ENV},
                           url=f"http://{HOST}:{port}")
-    proc.start()
-    try:
-        proc.wait_healthy(lambda: mlflow_healthy(proc.url), timeout)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
+    return proc.start_healthy(lambda: mlflow_healthy(proc.url), timeout)

@@ -47,10 +47,4 @@ def start_prefect(state_dir: Path, port: int = DEFAULT_PORT, timeout: float = ST
            "--analytics-off"]
     proc = ManagedProcess(NAME, cmd, state_dir, cwd=home, env=prefect_env(home),
                           url=f"http://{HOST}:{port}/api")
-    proc.start()
-    try:
-        proc.wait_healthy(lambda: prefect_healthy(proc.url), timeout)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
+    return proc.start_healthy(lambda: prefect_healthy(proc.url), timeout)

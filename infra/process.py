@@ -188,6 +188,20 @@ class ManagedProcess:
                     f"{self.name} not healthy after {timeout:.0f} s; log {self.log_path}:\n{self.log_tail()}")
             time.sleep(POLL_INTERVAL)
 
+    def start_healthy(self, check: Callable[[], bool], timeout: float,
+                      then: Callable[[], object] | None = None) -> ManagedProcess:
+        """Start, wait until `check` holds, run `then` (e.g. create topics); on any failure stop the
+        whole group before raising, so nothing is left half-started."""
+        self.start()
+        try:
+            self.wait_healthy(check, timeout)
+            if then is not None:
+                then()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the whole group, wait up to `timeout`, SIGKILL what still runs, wait until it is gone.
 

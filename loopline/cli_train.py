@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from loopline.ui import console, fail, progress_display
+from loopline.ui import console, describe_invalid, fail, progress_display
 
 flows_app = typer.Typer(help="Prefect deployments of the train flow.", no_args_is_help=True)
 
@@ -32,7 +32,7 @@ def train(
         config = TrainConfig(data_path=data, scenario=scenario, n_events=events, seed=seed, encoder=encoder,
                              epochs=epochs, deploy_margin=margin)
     except ValidationError as exc:
-        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        fail(describe_invalid(exc))
     if data is not None and not data.exists():
         fail(f"{data}: no such file")
 
@@ -98,6 +98,6 @@ def serve_api() -> None:
     try:
         settings = ServingSettings()
     except ValidationError as exc:
-        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        fail(describe_invalid(exc))
     console.print(f"serving on http://{settings.host}:{settings.port} (docs at /docs)")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")

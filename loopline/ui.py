@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -17,6 +18,11 @@ def fail(message: str) -> NoReturn:
     """Print a readable error and exit 2."""
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code=2)
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """Pydantic's errors as one readable line: `field: message; field: message`."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
 
 
 @contextmanager

@@ -202,9 +202,7 @@ class FTRLProximal:
         return [self.classes[i] for i in self.predict_proba_many(x).argmax(axis=1)]
 
     def _proba(self, csr: sp.csr_matrix, dense: np.ndarray) -> np.ndarray:
-        logits = dense @ self.w_dense[:-1] + self.w_dense[-1]
-        _add_sparse_logits(csr.indptr, csr.indices, csr.data, self.w_sparse, logits)
-        return _softmax_rows(logits)
+        return softmax_proba(csr, dense, self.w_sparse, self.w_dense)
 
     # -- deltas for serving ------------------------------------------------
 
@@ -274,13 +272,7 @@ class FTRLProximal:
         return np.fromiter((self._label(v) for v in y), np.int64, rows)
 
     def _dense(self, dense: np.ndarray | None, rows: int | None) -> np.ndarray:
-        shape = (self.dense_dim,) if rows is None else (rows, self.dense_dim)
-        if dense is None:  # a missing embedding counts as all zeros
-            return np.zeros(shape)
-        dense = np.asarray(dense, dtype=np.float64)
-        if dense.shape != shape:
-            raise ValueError(f"dense features have shape {dense.shape}, expected {shape}")
-        return dense
+        return checked_dense(dense, (self.dense_dim,) if rows is None else (rows, self.dense_dim))
 
     def _check_one(self, x: Example) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         indices = np.asarray(x.indices, dtype=np.int64)
@@ -297,13 +289,38 @@ class FTRLProximal:
         return indices, values, self._dense(x.dense, None)
 
     def _check_many(self, x: Batch) -> tuple[sp.csr_matrix, np.ndarray]:
-        csr = sp.csr_matrix(x.sparse, dtype=np.float64)
-        if csr.shape[1] != self.sparse_dim:
-            raise ValueError(f"sparse width {csr.shape[1]}, expected {self.sparse_dim}")
-        if not csr.has_canonical_format:
-            csr = csr.copy()
-            csr.sum_duplicates()
-        return csr, self._dense(x.dense, csr.shape[0])
+        return batch_arrays(x, self.sparse_dim, self.dense_dim)
+
+
+# -- shared by the learner and the serving head ---------------------------------
+
+
+def checked_dense(dense: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """Dense features as float64 of `shape`; a missing embedding counts as all zeros."""
+    if dense is None:
+        return np.zeros(shape)
+    dense = np.asarray(dense, dtype=np.float64)
+    if dense.shape != shape:
+        raise ValueError(f"dense features have shape {dense.shape}, expected {shape}")
+    return dense
+
+
+def batch_arrays(x: Batch, sparse_dim: int, dense_dim: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """A batch as the kernels take it: canonical float64 CSR of the right width, checked dense rows."""
+    csr = sp.csr_matrix(x.sparse, dtype=np.float64)
+    if csr.shape[1] != sparse_dim:
+        raise ValueError(f"sparse width {csr.shape[1]}, expected {sparse_dim}")
+    if not csr.has_canonical_format:
+        csr = csr.copy()
+        csr.sum_duplicates()
+    return csr, checked_dense(x.dense, (csr.shape[0], dense_dim))
+
+
+def softmax_proba(csr: sp.csr_matrix, dense: np.ndarray, w_sparse: np.ndarray, w_dense: np.ndarray) -> np.ndarray:
+    """Class probabilities from weights; the bias is the last row of `w_dense`."""
+    logits = dense @ w_dense[:-1] + w_dense[-1]
+    _add_sparse_logits(csr.indptr, csr.indices, csr.data, w_sparse, logits)
+    return _softmax_rows(logits)
 
 
 # -- kernels (Algorithm 1, compiled) ------------------------------------------

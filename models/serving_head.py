@@ -20,9 +20,8 @@ request.
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
-from models.ftrl import Batch, FTRLProximal, HeadDelta, _add_sparse_logits, _softmax_rows
+from models.ftrl import Batch, FTRLProximal, HeadDelta, batch_arrays, softmax_proba
 
 
 class ServingHead:
@@ -48,16 +47,8 @@ class ServingHead:
         return int(self.w_dense.shape[0]) - 1
 
     def predict_proba_many(self, x: Batch) -> np.ndarray:
-        csr = sp.csr_matrix(x.sparse, dtype=np.float64)
-        if csr.shape[1] != self.sparse_dim:
-            raise ValueError(f"sparse width {csr.shape[1]}, expected {self.sparse_dim}")
-        if not csr.has_canonical_format:
-            csr = csr.copy()
-            csr.sum_duplicates()
-        dense = np.zeros((csr.shape[0], self.dense_dim)) if x.dense is None else np.asarray(x.dense, np.float64)
-        logits = dense @ self.w_dense[:-1] + self.w_dense[-1]
-        _add_sparse_logits(csr.indptr, csr.indices, csr.data, self.w_sparse, logits)
-        return _softmax_rows(logits)
+        csr, dense = batch_arrays(x, self.sparse_dim, self.dense_dim)
+        return softmax_proba(csr, dense, self.w_sparse, self.w_dense)
 
     def apply(self, delta: HeadDelta) -> ServingHead:
         """A new head with the delta's coordinates set; this one stays as it was."""
