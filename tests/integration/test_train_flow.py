@@ -7,6 +7,7 @@ challenger, then promote and rollback from the CLI.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -173,3 +174,24 @@ def test_worse_challenger_keeps_champion_then_promote_and_rollback(
     assert len(registry.client.get_registered_model(settings.model_name).tags["champion_history"]) <= 5000
     missing = runner.invoke(app, ["models", "promote", "99"])
     assert missing.exit_code == 2 and "no version 99" in missing.output
+
+
+def test_a_promoted_version_is_announced_on_model_updates(
+    settings: CommonSettings, first_run: TrainResult, broker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kafka import KafkaConsumer
+
+    from flows.train import train_flow
+
+    monkeypatch.setenv("LOOPLINE_KAFKA_BOOTSTRAP_SERVERS", broker)
+    result = train_flow(TrainConfig(**SMALL))  # same data as v1: not worse than the current champion v2
+    assert result.promoted, result.reason
+    consumer = KafkaConsumer("model-updates", bootstrap_servers=broker, auto_offset_reset="earliest",
+                             consumer_timeout_ms=10_000)
+    try:
+        events = [json.loads(m.value) for m in consumer if m.key == settings.model_name.encode()]
+    finally:
+        consumer.close()
+    announced = [e for e in events if e["kind"] == "full"]
+    assert [e["version"] for e in announced] == [str(result.version)]
+    assert announced[0]["uri"] == f"models:/{settings.model_name}/{result.version}"
