@@ -36,6 +36,7 @@ from services.serving.schemas import (
     RollbackRequest,
 )
 from services.serving.settings import ServingSettings
+from services.serving.updates import OUTCOMES, UpdateFollower
 
 log = logging.getLogger(__name__)
 Item = tuple[str, dict[str, Any] | None]
@@ -53,6 +54,8 @@ class Metrics:
         self.logged = Gauge("loopline_prediction_log_sent", "Prediction events sent", registry=self.registry)
         self.dropped = Gauge("loopline_prediction_log_dropped", "Prediction events dropped", ["reason"],
                              registry=self.registry)
+        self.updates = Gauge("loopline_model_updates", "model-updates events and alias checks by outcome",
+                             ["outcome"], registry=self.registry)
 
 
 class Service:
@@ -67,6 +70,11 @@ class Service:
         self.metrics = Metrics()
         self.features: Any = None  # a Feast store, when the state folder has one
         self.feature_state = "disabled"  # disabled, loading, ok, unreachable
+        self.registry: Any = None  # services.common.registry.Registry unless serving a bundle folder
+        self.updates = UpdateFollower(
+            self.store, settings.model_name, settings.kafka_bootstrap_servers,
+            champion=None if settings.bundle else self._champion, load=self.load_version,
+            alias_check_s=settings.champion_check_s)
 
     def _predict_batch(self, items: list[Item]) -> list[tuple[Snapshot, Any]]:
         snapshot, batch, proba = self.store.predict([t for t, _ in items], [u for _, u in items])
@@ -76,14 +84,28 @@ class Service:
                             csr.data[csr.indptr[i]:csr.indptr[i + 1]], None if dense is None else dense[i]))
                 for i in range(len(items))]
 
+    def _registry(self) -> Any:
+        if self.registry is None:
+            from services.common.registry import Registry
+
+            self.registry = Registry(self.settings)
+        return self.registry
+
+    def _champion(self) -> int | None:
+        champion = self._registry().champion()
+        return None if champion is None else int(champion.version)
+
     def load_version(self, version: int | None = None) -> Snapshot:
         """Load a registry version (default: `@champion`) or the configured bundle folder."""
         if self.settings.bundle is not None:
             return self.store.load_bundle(self.settings.bundle, version or 1)
-        from services.common.registry import Registry
+        from services.common.registry import RegistryError
 
-        registry = Registry(self.settings)
-        target = registry.champion() if version is None else registry.get(version)
+        registry = self._registry()
+        try:
+            target = registry.champion() if version is None else registry.get(version)
+        except RegistryError as exc:
+            raise LoadError(str(exc)) from exc
         if target is None:
             raise LoadError(f"{registry.name} has no champion yet: run `loopline train`")
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -146,15 +168,19 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        champion = None
         try:
-            await asyncio.to_thread(service.load_version)
+            snapshot = await asyncio.to_thread(service.load_version)
+            champion = None if service.settings.bundle else snapshot.base_version
         except LoadError as exc:
             log.error("starting without a model: %s", exc)
         service.batcher.start()
         service.log.start()
+        service.updates.start(champion)
         features = asyncio.create_task(asyncio.to_thread(service.open_features))
         yield
         await features
+        await asyncio.to_thread(service.updates.stop)
         await service.batcher.stop()
         service.log.close()
 
@@ -186,7 +212,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             raise HTTPException(422, f"text longer than {service.settings.max_text_chars} characters")
         if service.store.current is None:
             raise HTTPException(503, "no model loaded yet")
-        user = await asyncio.to_thread(service.user_features, request.user_id)
+        user = None
+        if request.user_id is not None and service.features is not None:
+            user = await asyncio.to_thread(service.user_features, request.user_id)
         snapshot, result = await service.batcher.submit((request.text, user))
         return service.answer(snapshot, result, request)
 
@@ -211,9 +239,11 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     @app.post("/v1/admin/reload", response_model=CurrentModel, dependencies=[Depends(admin)])
     async def reload() -> CurrentModel:
         try:
-            await asyncio.to_thread(service.load_version)
+            snapshot = await asyncio.to_thread(service.load_version)
         except LoadError as exc:
             raise HTTPException(409, f"{exc}; still serving the previous model") from exc
+        if not service.settings.bundle:
+            service.updates.last_champion = snapshot.base_version
         return await current()
 
     @app.post("/v1/admin/rollback", response_model=CurrentModel, dependencies=[Depends(admin)])
@@ -247,6 +277,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         m.logged.set(service.log.sent)
         for reason, count in service.log.dropped.items():
             m.dropped.labels(reason).set(count)
+        for outcome in OUTCOMES:
+            m.updates.labels(outcome).set(service.updates.outcomes[outcome])
         return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

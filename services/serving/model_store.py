@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from models.train import featurize
 from services.common.events import ModelUpdate
 
 log = logging.getLogger(__name__)
+DeltaOutcome = Literal["applied", "stale", "other_version", "gap"]
 
 
 @dataclass(frozen=True)
@@ -80,21 +81,31 @@ class ModelStore:
             self._swap(snapshot)
         return snapshot
 
-    def apply(self, update: ModelUpdate) -> bool:
-        """Apply a head delta on top of the current version; stale or foreign updates are skipped."""
+    def apply(self, update: ModelUpdate) -> DeltaOutcome:
+        """Apply the next head delta of the current version.
+
+        Deltas carry only the coordinates changed since the previous one, so they must
+        apply in order: a replayed one is "stale", one for another version is
+        "other_version", and one after a missing sequence number is a "gap" (applying it
+        would leave the head a mix of two states).
+        """
         if update.kind != "delta" or update.delta is None:
             raise ValueError("not a delta update")
         with self._write:
             current = self.current
-            if current is None or update.base_version != current.base_version or update.sequence <= current.sequence:
-                return False
+            if current is None or update.base_version != current.base_version:
+                return "other_version"
+            if update.sequence <= current.sequence:
+                return "stale"
+            if update.sequence > current.sequence + 1:
+                return "gap"
             try:
                 head = current.head.apply(HeadDelta.from_bytes(base64.b64decode(update.delta)))
             except (ValueError, OSError) as exc:
                 self.failed_loads += 1
                 raise LoadError(f"delta {update.version} refused: {exc}") from exc
             self._swap(replace(current, head=head, sequence=update.sequence, loaded_at=time.time()))
-        return True
+        return "applied"
 
     def predict(self, texts: Sequence[str], users: Sequence[Mapping[str, Any] | None] | None = None
                 ) -> tuple[Snapshot, Batch, np.ndarray]:

@@ -25,6 +25,8 @@ class ServingSettings(CommonSettings):
     top_k: int = Field(3, ge=1, description="Probabilities returned per prediction.")
     log_capacity: int = Field(10_000, ge=1, description="Prediction log buffer; overflow is dropped and counted.")
     max_body_bytes: int = Field(1_000_000, ge=1, description="Larger request bodies are refused with 413.")
+    champion_check_s: float = Field(30.0, ge=0.0, description="How often to look for a moved `champion` "
+                                    "alias besides model-updates notices; 0: only on notices.")
     bundle: Path | None = Field(None, description="Serve this bundle folder instead of the registry's @champion.")
 
     @field_validator("admin_token")

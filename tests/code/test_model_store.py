@@ -35,11 +35,13 @@ def test_load_predict_and_deltas_in_order(trained, tiny_bundle, tmp_path) -> Non
     batch = featurize(texts[:64], encoder.encode(texts[:64]), SPEC)
     learner.learn_many(batch, np.zeros(64, dtype=np.int64))
     update = _delta(learner, base=3, sequence=1)
-    assert store.apply(update)
+    assert store.apply(update) == "applied"
     assert store.current.version == "3+ftrl.1"
     np.testing.assert_allclose(store.predict(texts[:64])[2], learner.predict_proba_many(batch), atol=1e-4)
-    assert not store.apply(update), "a replayed delta is skipped"
-    assert not store.apply(_delta(learner, base=2, sequence=5)), "a delta for another base version is skipped"
+    assert store.apply(update) == "stale", "a replayed delta is skipped"
+    assert store.apply(_delta(learner, base=2, sequence=2)) == "other_version"
+    assert store.apply(_delta(learner, base=3, sequence=3)) == "gap", "sequence 2 is missing"
+    assert store.current.version == "3+ftrl.1"
     assert snapshot.version == "3", "a snapshot taken before the delta stays as it was"
 
 

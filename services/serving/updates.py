@@ -1,0 +1,163 @@
+"""Following `model-updates`: head deltas in order, full versions from the registry's `champion`.
+
+Every replica reads the whole topic on its own (no consumer group: each one needs
+every update) from the beginning, so a replica that starts late replays the deltas
+made on top of the version it loaded. One thread does everything in topic order: a
+full-version notice, like the periodic check of the alias, loads the champion in
+this thread when the alias has moved, so deltas made on the new version wait in the
+topic until it is in, and a load never races a delta.
+
+The alias, not the notice, decides which full version serves: `loopline models
+rollback` moves it back and announces the older version, and an old notice replayed
+from the topic moves nothing because the alias did not change.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from pydantic import ValidationError
+
+from services.common.events import MODEL_UPDATES, ModelUpdate
+from services.serving.model_store import LoadError, ModelStore
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = ("applied", "stale", "other_version", "gap", "other_model", "invalid", "refused", "loaded",
+            "registry_unreachable")
+
+
+class UpdateFollower:
+    """Applies what `model-updates` says to a ModelStore, in a background thread."""
+
+    def __init__(self, store: ModelStore, model_name: str, bootstrap_servers: str | None, *,
+                 champion: Callable[[], int | None] | None, load: Callable[[int], Any],
+                 alias_check_s: float = 30.0, topic: str = MODEL_UPDATES) -> None:
+        self.store = store
+        self.model_name = model_name
+        self.bootstrap_servers = bootstrap_servers
+        self.champion = champion  # reads the alias; None when serving a bundle folder (no registry)
+        self.load = load
+        self.alias_check_s = alias_check_s
+        self.topic = topic
+        self.outcomes: Counter[str] = Counter(dict.fromkeys(OUTCOMES, 0))
+        self.last_champion: int | None = None
+        self._refused: int | None = None  # a champion that failed to load is not fetched again by itself
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, serving_champion: int | None) -> None:
+        """Start following; `serving_champion` is the alias value the served model was loaded from."""
+        self.last_champion = serving_champion
+        if self.bootstrap_servers is None and (self.champion is None or self.alias_check_s <= 0):
+            return
+        self._thread = threading.Thread(target=self._run, name="model-updates", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def handle(self, value: bytes) -> str:
+        """Act on one `model-updates` event; returns what happened (one of OUTCOMES)."""
+        try:
+            update = ModelUpdate.model_validate_json(value)
+        except ValidationError as exc:
+            log.warning("model-updates: unreadable event skipped: %s", exc.errors()[0]["msg"])
+            return self._count("invalid")
+        if update.model != self.model_name:
+            return self._count("other_model")
+        if update.kind == "full":
+            return self._count(self.check_alias(notice=update.base_version))
+        try:
+            outcome = self.store.apply(update)
+        except (LoadError, ValueError) as exc:
+            log.error("model-updates: %s", exc)
+            return self._count("refused")
+        if outcome == "gap":
+            current = self.store.current
+            log.error("model-updates: %s arrived but %s is serving; waiting for the next full version",
+                      update.version, current.version if current else "nothing")
+        return self._count(outcome)
+
+    def check_alias(self, notice: int | None = None) -> str:
+        """Load the registry's champion if the alias moved since the served model was loaded."""
+        if self.champion is None:
+            return "other_version"
+        try:
+            champion = self.champion()
+        except Exception as exc:  # the registry being down must not stop deltas from flowing
+            log.warning("registry unreachable, keeping %s: %s", self.last_champion, exc)
+            return "registry_unreachable"
+        if champion is None or champion == self.last_champion or (champion == self._refused and notice is None):
+            return "stale"
+        try:
+            self.load(champion)
+        except LoadError as exc:
+            log.error("champion v%d not loaded, the previous model keeps serving: %s", champion, exc)
+            self._refused = champion
+            return "refused"
+        self.last_champion, self._refused = champion, None
+        return "loaded"
+
+    def _count(self, outcome: str) -> str:
+        self.outcomes[outcome] += 1
+        return outcome
+
+    def _run(self) -> None:
+        consumer = self._consumer()
+        next_check = 0.0
+        try:
+            while not self._stop.is_set():
+                if self.champion is not None and self.alias_check_s > 0 and time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.alias_check_s
+                    outcome = self.check_alias()
+                    if outcome != "stale":  # an unchanged alias every few seconds is not news
+                        self._count(outcome)
+                if consumer is None:
+                    self._stop.wait(max(0.0, min(next_check - time.monotonic(), 1.0)))
+                    continue
+                message = consumer.poll(0.5)
+                if message is None:
+                    continue
+                if message.error():
+                    log.warning("model-updates: %s", message.error())
+                    continue
+                self.handle(message.value() or b"")
+        finally:
+            if consumer is not None:
+                consumer.close()
+
+    def _consumer(self) -> Consumer | None:
+        if self.bootstrap_servers is None:
+            return None
+        consumer = Consumer({
+            "bootstrap.servers": self.bootstrap_servers,
+            "group.id": f"loopline-serving-{uuid.uuid4().hex}",  # required by the client; never joined
+            "enable.auto.commit": False,
+            "fetch.message.max.bytes": 64 * 1024 * 1024,  # a delta can be several MB
+            "reconnect.backoff.ms": 100, "reconnect.backoff.max.ms": 2000,
+        })
+        consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self._partitions(consumer)])
+        return consumer
+
+    def _partitions(self, consumer: Consumer) -> list[int]:
+        """The topic's partitions, waiting for the broker if it is not up yet."""
+        while not self._stop.is_set():
+            try:
+                topic = consumer.list_topics(self.topic, timeout=5).topics[self.topic]
+                if topic.error is None and topic.partitions:
+                    return sorted(topic.partitions)
+                log.warning("model-updates: topic %s not there yet (%s)", self.topic, topic.error)
+            except KafkaException as exc:
+                log.warning("model-updates: broker at %s unreachable: %s", self.bootstrap_servers, exc)
+            self._stop.wait(1.0)
+        return []

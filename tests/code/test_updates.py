@@ -1,0 +1,104 @@
+"""UpdateFollower decisions, event by event: deltas in order, the alias decides full versions."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.ftrl import FTRLProximal
+from models.train import featurize
+from services.common.events import ModelUpdate
+from services.serving.model_store import LoadError, ModelStore
+from services.serving.updates import UpdateFollower
+from tests.conftest import SPEC
+
+
+class Registry:
+    """Stands in for the MLflow alias and the loads it causes."""
+
+    def __init__(self, champion: int | None) -> None:
+        self.alias, self.loads, self.refuse, self.down = champion, [], set(), False
+
+    def champion(self) -> int | None:
+        if self.down:
+            raise ConnectionError("registry down")
+        return self.alias
+
+    def load(self, version: int) -> None:
+        self.loads.append(version)
+        if version in self.refuse:
+            raise LoadError(f"version {version} refused: sha256 mismatch")
+
+
+@pytest.fixture
+def store(tiny_bundle) -> ModelStore:
+    store = ModelStore()
+    store.load_bundle(tiny_bundle(), version=4)
+    return store
+
+
+def full(version: int, model: str = "m") -> bytes:
+    return ModelUpdate(model=model, kind="full", version=str(version), base_version=version,
+                       uri=f"models:/{model}/{version}").model_dump_json().encode()
+
+
+def deltas(trained, tmp_path: Path, base: int, n: int) -> list[bytes]:
+    encoder, head, texts = trained
+    head.save(tmp_path / "head.npz")
+    learner = FTRLProximal.load(tmp_path / "head.npz")
+    out = []
+    for sequence in range(1, n + 1):
+        learner.mark()
+        chunk = texts[sequence * 16:(sequence + 1) * 16]
+        learner.learn_many(featurize(chunk, encoder.encode(chunk), SPEC), np.full(len(chunk), sequence))
+        out.append(ModelUpdate(model="m", kind="delta", version=f"{base}+ftrl.{sequence}", base_version=base,
+                               sequence=sequence, delta=base64.b64encode(learner.delta().to_bytes()).decode())
+                   .model_dump_json().encode())
+    return out
+
+
+def test_deltas_apply_in_order_and_everything_else_is_counted(store, trained, tmp_path) -> None:
+    follower = UpdateFollower(store, "m", None, champion=None, load=lambda v: None)
+    one, two, three = deltas(trained, tmp_path, base=4, n=3)
+    assert [follower.handle(e) for e in (one, one, three, two, three)] == [
+        "applied", "stale", "gap", "applied", "applied"]
+    assert store.current.version == "4+ftrl.3"
+    assert follower.handle(b'{"model": "m", "kind": "delta"') == "invalid"
+    assert follower.handle(full(9, model="another")) == "other_model"
+    assert follower.handle(deltas(trained, tmp_path, base=5, n=1)[0]) == "other_version"
+    assert follower.outcomes["applied"] == 3 and follower.outcomes["invalid"] == 1
+
+
+def test_a_delta_that_does_not_fit_the_head_is_refused(store) -> None:
+    bad = ModelUpdate(model="m", kind="delta", version="4+ftrl.1", base_version=4, sequence=1,
+                      delta=base64.b64encode(b"not an npz").decode())
+    follower = UpdateFollower(store, "m", None, champion=None, load=lambda v: None)
+    assert follower.handle(bad.model_dump_json().encode()) == "refused"
+    assert store.current.version == "4" and store.failed_loads == 1
+
+
+def test_the_alias_not_the_notice_decides_which_full_version_serves(store) -> None:
+    registry = Registry(champion=4)
+    follower = UpdateFollower(store, "m", None, champion=registry.champion, load=registry.load, alias_check_s=0)
+    follower.start(serving_champion=4)
+    assert follower.handle(full(2)) == "stale", "an old notice replayed from the topic moves nothing"
+    registry.alias = 6
+    assert follower.handle(full(6)) == "loaded" and registry.loads == [6] and follower.last_champion == 6
+    registry.alias = 5  # `loopline models rollback` moved the alias back and announced v5
+    assert follower.handle(full(5)) == "loaded" and registry.loads == [6, 5]
+
+
+def test_a_refused_champion_is_not_fetched_again_until_announced(store) -> None:
+    registry = Registry(champion=7)
+    registry.refuse.add(7)
+    follower = UpdateFollower(store, "m", None, champion=registry.champion, load=registry.load, alias_check_s=0)
+    follower.start(serving_champion=4)
+    assert follower.check_alias() == "refused"
+    assert follower.check_alias() == "stale", "the periodic check does not download it again"
+    assert follower.handle(full(7)) == "refused" and registry.loads == [7, 7]
+    registry.down = True
+    assert follower.check_alias() == "registry_unreachable"
+    assert follower.last_champion == 4
