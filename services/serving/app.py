@@ -66,7 +66,8 @@ class Service:
         self.store = ModelStore(threads=settings.ort_threads)
         self.batcher: DynamicBatcher[Item, tuple[Snapshot, Any]] = DynamicBatcher(
             self._predict_batch, settings.max_batch, settings.max_wait_ms, name="predict")
-        self.log = PredictionLog(settings.kafka_bootstrap_servers, capacity=settings.log_capacity)
+        self.log = PredictionLog(settings.kafka_bootstrap_servers, capacity=settings.log_capacity,
+                                 send_timeout=settings.log_send_timeout_s)
         self.metrics = Metrics()
         self.features: Any = None  # a Feast store, when the state folder has one
         self.feature_state = "disabled"  # disabled, loading, ok, unreachable

@@ -1,0 +1,40 @@
+"""Small helpers shared by integration tests: waiting for a condition, reading a topic."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+
+from infra.broker import DEFAULT_PARTITIONS, PREDICTIONS
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Poll `condition` until it holds or `timeout` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def read_events(broker: str, keys: set[str], timeout: float = 20.0) -> dict[str, tuple[int, dict[str, object]]]:
+    """Events on `predictions` whose key is in `keys`, as key -> (partition, value); others share the broker."""
+    partitions = [TopicPartition(PREDICTIONS, p) for p in range(DEFAULT_PARTITIONS[PREDICTIONS])]
+    consumer = KafkaConsumer(bootstrap_servers=broker, group_id=None, enable_auto_commit=False)
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    got: dict[str, tuple[int, dict[str, object]]] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while not keys <= got.keys() and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                got.update((r.key.decode(), (tp.partition, json.loads(r.value))) for r in records
+                           if r.key is not None and r.key.decode() in keys)
+    finally:
+        consumer.close()
+    return got
