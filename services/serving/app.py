@@ -22,7 +22,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from services.serving.batcher import DynamicBatcher
+from services.serving.batcher import BatcherFullError, DynamicBatcher
 from services.serving.model_store import LoadError, ModelStore, Snapshot
 from services.serving.prediction_log import PredictionLog
 from services.serving.schemas import (
@@ -65,7 +65,8 @@ class Service:
         self.settings = settings
         self.store = ModelStore(threads=settings.ort_threads)
         self.batcher: DynamicBatcher[Item, tuple[Snapshot, Any]] = DynamicBatcher(
-            self._predict_batch, settings.max_batch, settings.max_wait_ms, name="predict")
+            self._predict_batch, settings.max_batch, settings.max_wait_ms, name="predict",
+            max_queue=settings.max_queue)
         self.log = PredictionLog(settings.kafka_bootstrap_servers, capacity=settings.log_capacity,
                                  send_timeout=settings.log_send_timeout_s)
         self.metrics = Metrics()
@@ -216,7 +217,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         user = None
         if request.user_id is not None and service.features is not None:
             user = await asyncio.to_thread(service.user_features, request.user_id)
-        snapshot, result = await service.batcher.submit((request.text, user))
+        try:
+            snapshot, result = await service.batcher.submit((request.text, user))
+        except BatcherFullError as exc:
+            raise HTTPException(503, f"overloaded: {exc}; retry shortly", headers={"Retry-After": "1"}) from exc
         return service.answer(snapshot, result, request)
 
     @app.post("/v1/predict", response_model=Prediction)

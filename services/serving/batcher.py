@@ -38,6 +38,10 @@ class BatcherClosedError(RuntimeError):
     """The batcher is not running: not started yet, stopped, or its worker was cancelled."""
 
 
+class BatcherFullError(RuntimeError):
+    """`max_queue` items already wait: the caller should shed load rather than queue without end."""
+
+
 @dataclass(frozen=True)
 class BatcherStats:
     """A snapshot for metrics.
@@ -64,10 +68,12 @@ class DynamicBatcher(Generic[T, R]):
     """Batches `submit` calls into `fn(items) -> results`, one result per item, in order."""
 
     def __init__(self, fn: Callable[[list[T]], list[R]], max_batch: int = 32,
-                 max_wait_ms: float = 2.0, name: str = "batcher") -> None:
-        if max_batch < 1 or max_wait_ms < 0:
-            raise ValueError(f"need max_batch >= 1 and max_wait_ms >= 0, got {max_batch}, {max_wait_ms}")
+                 max_wait_ms: float = 2.0, name: str = "batcher", max_queue: int = 4096) -> None:
+        if max_batch < 1 or max_wait_ms < 0 or max_queue < 1:
+            raise ValueError(f"need max_batch >= 1, max_wait_ms >= 0 and max_queue >= 1, "
+                             f"got {max_batch}, {max_wait_ms}, {max_queue}")
         self.fn, self.max_batch, self.max_wait, self.name = fn, max_batch, max_wait_ms / 1000, name
+        self.max_queue = max_queue
         self._queue: asyncio.Queue[_Pending[T, R] | None] = asyncio.Queue()  # None: stop marker
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -98,6 +104,8 @@ class DynamicBatcher(Generic[T, R]):
         """Queue `item` and wait for its result; raises what `fn` raised for its batch."""
         if self._worker is None:
             raise BatcherClosedError(f"{self.name} is not running")
+        if self._queue.qsize() >= self.max_queue:
+            raise BatcherFullError(f"{self.name}: {self.max_queue} requests already waiting")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._queue.put_nowait(_Pending(item, future, loop.time()))

@@ -20,6 +20,8 @@ class ServingSettings(CommonSettings):
     ort_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads per call.")
     max_batch: int = Field(32, ge=1, le=1024, description="Dynamic batching: most requests per model call.")
     max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="Dynamic batching: longest wait for company.")
+    max_queue: int = Field(1024, ge=1, description="Requests waiting for the model beyond this get 503 "
+                           "with Retry-After instead of ever-growing latency.")
     max_text_chars: int = Field(1000, ge=1, description="Longer texts are refused with 422.")
     max_batch_texts: int = Field(256, ge=1, description="Most texts in one /v1/predict/batch request.")
     top_k: int = Field(3, ge=1, description="Probabilities returned per prediction.")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from services.serving.batcher import BatcherClosedError, DynamicBatcher
+from services.serving.batcher import BatcherClosedError, BatcherFullError, DynamicBatcher
 
 
 def double(xs: list[int]) -> list[int]:
@@ -163,6 +163,30 @@ def test_stop_drains_queued_items_then_refuses_new_ones() -> None:
         with pytest.raises(BatcherClosedError):
             await batcher.submit(1)
         assert batcher.stats().items == 20
+
+    asyncio.run(main())
+
+
+def test_a_full_queue_refuses_at_once_and_answers_what_it_holds() -> None:
+    release = threading.Event()
+
+    def gated(xs: list[int]) -> list[int]:
+        release.wait(5)
+        return double(xs)
+
+    async def main() -> None:
+        batcher = DynamicBatcher(gated, max_batch=2, max_wait_ms=0.0, max_queue=3)
+        batcher.start()
+        running = [asyncio.create_task(batcher.submit(x)) for x in range(2)]
+        await wait_until(lambda: batcher.stats().batches == 1)  # two taken into the blocked call
+        queued = [asyncio.create_task(batcher.submit(x)) for x in range(2, 5)]
+        await wait_until(lambda: batcher.stats().queue_depth == 3)
+        with pytest.raises(BatcherFullError, match="3 requests already waiting"):
+            await batcher.submit(5)
+        release.set()
+        assert [await t for t in running + queued] == [0, 2, 4, 6, 8]
+        assert await batcher.submit(5) == 10, "room again once the queue drained"
+        await batcher.stop()
 
     asyncio.run(main())
 

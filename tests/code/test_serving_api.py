@@ -76,3 +76,15 @@ def test_health_readiness_and_metrics(client: TestClient) -> None:
 def test_placeholder_admin_token_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match="placeholder"):
         ServingSettings(admin_token="changeme")
+
+
+def test_an_overloaded_batcher_answers_503_with_retry_after(client: TestClient, monkeypatch) -> None:
+    from services.serving.batcher import BatcherFullError
+
+    async def full(item: object) -> None:
+        raise BatcherFullError("predict: 1024 requests already waiting")
+
+    monkeypatch.setattr(client.app.state.service.batcher, "submit", full)
+    response = client.post("/v1/predict", json={"text": "turn on wifi"})
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert "overloaded" in response.json()["detail"]
