@@ -12,6 +12,9 @@ class Strict(BaseModel):
 
 
 class PredictRequest(Strict):
+    model_config = ConfigDict(extra="forbid", strict=True,
+                              json_schema_extra={"examples": [{"text": "turn on wifi", "user_id": "u00042"}]})
+
     text: str = Field(description="The user's request, e.g. 'turn on wifi'.")
     user_id: str | None = Field(None, max_length=128, description="Looks up per-user features in Feast.")
 
@@ -24,12 +27,12 @@ class PredictRequest(Strict):
 
 
 class BatchPredictRequest(Strict):
-    items: list[PredictRequest] = Field(min_length=1)
+    items: list[PredictRequest] = Field(min_length=1, description="Answered in order, each with its own id.")
 
 
 class IntentProbability(BaseModel):
     intent: str
-    probability: float
+    probability: float = Field(ge=0.0, le=1.0)
 
 
 class Prediction(BaseModel):
@@ -44,15 +47,15 @@ class BatchPrediction(BaseModel):
 
 
 class CurrentModel(BaseModel):
-    version: str
-    base_version: int
-    online_sequence: int
-    loaded_at: float
-    lineage: dict[str, Any]
+    version: str = Field(description="What predictions report as model_version.")
+    base_version: int = Field(description="The MLflow registry version under the online updates.")
+    online_sequence: int = Field(description="Head deltas from model-updates applied on top of it.")
+    loaded_at: float = Field(description="Unix seconds of the last swap (full load or delta).")
+    lineage: dict[str, Any] = Field(description="From the bundle manifest: parent version, data, offsets.")
 
 
 class RollbackRequest(Strict):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, description="A registered version to serve until the champion alias moves.")
 
 
 class Readiness(BaseModel):
