@@ -30,3 +30,54 @@ class ModelUpdate(Event):
     sequence: int = Field(0, ge=0, description="Online update number on top of base_version.")
     uri: str | None = Field(None, description="models:/name/version for a full version.")
     delta: str | None = Field(None, description="Base64 HeadDelta bytes for a delta update.")
+
+
+PREDICTIONS = "predictions"
+FEEDBACK = "feedback"
+FEEDBACK_DLQ = "feedback-dlq"
+
+
+class LoggedFeatures(BaseModel):
+    """The model input serving computed: hashed sparse features and the encoder's embedding."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    indices: list[int]
+    values: list[float]
+    embedding: list[float] | None
+
+
+class PredictionEvent(Event):
+    """On `predictions`, key `prediction_id`: what the model saw and said, so learning uses exactly that."""
+
+    prediction_id: str = Field(min_length=1, max_length=64)
+    model_version: str
+    user_id: str | None = None
+    text: str
+    intent: str
+    features: LoggedFeatures
+    probabilities: dict[str, float]
+
+
+class FeedbackEvent(Event):
+    """On `feedback`, key `prediction_id`: the intent the user meant for an earlier prediction."""
+
+    prediction_id: str = Field(min_length=1, max_length=64, description="From the /v1/predict response.")
+    label: str = Field(min_length=1, max_length=64, description="The intent the user meant.")
+    source: str = Field("app", max_length=64, description="Where it came from, e.g. correction, confirmation.")
+
+
+DeadLetterReason = Literal["invalid_json", "wrong_schema", "unknown_label", "duplicate", "unmatched",
+                           "already_labeled", "too_large"]
+
+
+class DeadLetter(Event):
+    """On `feedback-dlq`: an event that could not be used, the reason, and the event itself."""
+
+    reason: DeadLetterReason
+    detail: str = Field(description="What exactly was wrong, for a person to read.")
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: str = Field(description="The original bytes, base64, so nothing is lost.")

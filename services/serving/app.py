@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import tempfile
 import time
@@ -22,6 +21,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from services.common.events import LoggedFeatures, PredictionEvent
 from services.serving.batcher import BatcherFullError, DynamicBatcher
 from services.serving.model_store import LoadError, ModelStore, Snapshot
 from services.serving.prediction_log import PredictionLog
@@ -155,13 +155,13 @@ class Service:
         prediction = Prediction(
             prediction_id=uuid.uuid4().hex, intent=snapshot.classes[order[0]], model_version=snapshot.version,
             probabilities=[IntentProbability(intent=snapshot.classes[i], probability=float(proba[i])) for i in order])
-        event = {"schema_version": 1, "event_id": uuid.uuid4().hex, "prediction_id": prediction.prediction_id,
-                 "time": time.time(), "model_version": snapshot.version, "user_id": request.user_id,
-                 "text": request.text, "intent": prediction.intent,
-                 "features": {"indices": indices.tolist(), "values": values.tolist(),
-                              "embedding": None if embedding is None else embedding.tolist()},
-                 "probabilities": dict(zip(snapshot.classes, proba.tolist(), strict=True))}
-        self.log.offer(prediction.prediction_id, json.dumps(event).encode())
+        event = PredictionEvent(
+            prediction_id=prediction.prediction_id, model_version=snapshot.version, user_id=request.user_id,
+            text=request.text, intent=prediction.intent,
+            features=LoggedFeatures(indices=indices.tolist(), values=values.tolist(),
+                                    embedding=None if embedding is None else embedding.tolist()),
+            probabilities=dict(zip(snapshot.classes, proba.tolist(), strict=True)))
+        self.log.offer(prediction.prediction_id, event.model_dump_json().encode())
         return prediction
 
 
