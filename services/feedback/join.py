@@ -1,0 +1,311 @@
+"""Joining feedback to the prediction it belongs to, in event time, so that replays learn the same way.
+
+Both sides wait: a prediction until its feedback comes or `prediction_ttl_s` passes
+(most predictions never get any), a feedback until its prediction comes or
+`feedback_wait_s` passes, after which it is dead-lettered as `unmatched`.
+
+Time here is event time (the Kafka record timestamps), never the wall clock, and
+joined examples are released only when the watermark (how far every input
+partition has got, minus the allowed lateness; see `Watermark`) has passed them, in
+the order of their key (the later of the two timestamps, then the feedback's
+event id). Which examples are learned, in which order and in which update window is
+then a function of the topics' contents, not of how fetches interleaved: a service
+restarted from a checkpoint replays exactly what it would have done. That holds for
+records that arrive within the allowed lateness; a later one is still learned,
+exactly once, in the next window (and counted as `late`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class StoredPrediction:
+    """What learning needs from a prediction event."""
+
+    prediction_id: str
+    ts: float
+    model_version: str
+    user_id: str | None
+    text: str
+    intent: str
+    confidence: float
+    indices: np.ndarray  # int64 hashed feature indices
+    values: np.ndarray  # float32
+    embedding: np.ndarray | None  # float32
+
+
+@dataclass(frozen=True)
+class StoredFeedback:
+    """A feedback event and where it came from (kept whole for the dead-letter topic)."""
+
+    event_id: str
+    prediction_id: str
+    label: str
+    ts: float
+    partition: int
+    offset: int
+    key: str | None
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Joined:
+    prediction: StoredPrediction
+    feedback: StoredFeedback
+
+    @property
+    def key(self) -> tuple[float, str]:
+        return max(self.prediction.ts, self.feedback.ts), self.feedback.event_id
+
+
+@dataclass(frozen=True)
+class Rejected:
+    feedback: StoredFeedback
+    reason: str  # a services.common.events.DeadLetterReason
+    detail: str
+
+
+@dataclass
+class JoinSettings:
+    prediction_ttl_s: float = 3600.0
+    feedback_wait_s: float = 60.0
+    dedup_ttl_s: float = 86_400.0
+    max_predictions: int = 100_000
+
+
+class JoinStore:
+    """Pending predictions and feedback; joined examples wait for the watermark."""
+
+    def __init__(self, settings: JoinSettings | None = None) -> None:
+        self.settings = settings or JoinSettings()
+        self.predictions: dict[str, StoredPrediction] = {}  # insertion order ~ time order
+        self.waiting: dict[str, StoredFeedback] = {}  # feedback by prediction id, prediction not seen yet
+        self.labeled: dict[str, float] = {}  # prediction ids already joined -> ts
+        self.seen: dict[str, float] = {}  # feedback event ids -> ts, for duplicates
+        self.ready: list[Joined] = []  # joined, not yet released
+        self.released_until = float("-inf")  # the watermark of the last release
+        self.counts: Counter[str] = Counter()
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def add_prediction(self, prediction: StoredPrediction) -> None:
+        """Index a prediction; completes a feedback that was waiting for it. Re-logged ones are ignored."""
+        pid = prediction.prediction_id
+        if pid in self.predictions or pid in self.labeled:
+            self.counts["duplicate_prediction"] += 1  # the prediction log is at-least-once
+            return
+        feedback = self.waiting.pop(pid, None)
+        if feedback is not None:
+            self._join(prediction, feedback)
+            return
+        self.predictions[pid] = prediction
+        if len(self.predictions) > self.settings.max_predictions:
+            del self.predictions[next(iter(self.predictions))]  # the oldest: bounded memory under load
+            self.counts["evicted_prediction"] += 1
+
+    def add_feedback(self, feedback: StoredFeedback) -> Rejected | None:
+        """Join or park a feedback event; returns why it cannot be used, if it cannot."""
+        if feedback.event_id in self.seen:
+            return self._reject(feedback, "duplicate", f"event_id {feedback.event_id} was already received")
+        self.seen[feedback.event_id] = feedback.ts
+        pid = feedback.prediction_id
+        if pid in self.labeled or pid in self.waiting:
+            return self._reject(feedback, "already_labeled", f"prediction {pid} already has feedback")
+        prediction = self.predictions.pop(pid, None)
+        if prediction is None:
+            self.waiting[pid] = feedback
+            return None
+        self._join(prediction, feedback)
+        return None
+
+    # -- time ----------------------------------------------------------------------------------
+
+    def advance(self, watermark: float) -> tuple[list[Joined], list[Rejected]]:
+        """Release joined examples with key time before `watermark`, in key order; expire what waited too long."""
+        rejected = [self._reject(f, "unmatched", f"no prediction {f.prediction_id} within "
+                                                 f"{self.settings.feedback_wait_s:g} s of event time")
+                    for f in _pop_expired(self.waiting, watermark - self.settings.feedback_wait_s,
+                                          lambda f: f.ts)]
+        self.counts["expired_prediction"] += len(
+            _pop_expired(self.predictions, watermark - self.settings.prediction_ttl_s, lambda p: p.ts))
+        _pop_expired(self.labeled, watermark - self.settings.prediction_ttl_s, lambda ts: ts)
+        _pop_expired(self.seen, watermark - self.settings.dedup_ttl_s, lambda ts: ts)
+        self.ready.sort(key=lambda j: j.key)
+        cut = next((i for i, j in enumerate(self.ready) if j.key[0] >= watermark), len(self.ready))
+        released, self.ready = self.ready[:cut], self.ready[cut:]
+        self.released_until = max(self.released_until, watermark)
+        return released, rejected
+
+    def drain(self) -> list[Joined]:
+        """Everything joined, whatever the watermark (at shutdown of a bounded replay)."""
+        self.ready.sort(key=lambda j: j.key)
+        released, self.ready = self.ready, []
+        return released
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _join(self, prediction: StoredPrediction, feedback: StoredFeedback) -> None:
+        joined = Joined(prediction, feedback)
+        self.labeled[prediction.prediction_id] = joined.key[0]
+        if joined.key[0] < self.released_until:
+            # Later than the allowed lateness: its window is gone. Learn it in the next one.
+            self.counts["late"] += 1
+            joined = Joined(prediction, _retimed(feedback, self.released_until))
+        self.ready.append(joined)
+        self.counts["joined"] += 1
+
+    def _reject(self, feedback: StoredFeedback, reason: str, detail: str) -> Rejected:
+        self.counts[reason] += 1
+        return Rejected(feedback, reason, detail)
+
+    # -- checkpoint ----------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """The whole store as one npz (no pickle): predictions columnar, feedback and ids as JSON."""
+        preds = list(self.predictions.values()) + [j.prediction for j in self.ready]
+        arrays: dict[str, Any] = _predictions_to_arrays(preds)
+        meta = {
+            "n_pending": len(self.predictions),
+            "waiting": [_feedback_to_json(f) for f in self.waiting.values()],
+            "ready_feedback": [_feedback_to_json(j.feedback) for j in self.ready],
+            "labeled": self.labeled, "seen": self.seen, "released_until": self.released_until,
+            "counts": dict(self.counts),
+        }
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, settings: JoinSettings | None = None) -> JoinStore:
+        store = cls(settings)
+        with np.load(io.BytesIO(data), allow_pickle=False) as f:
+            meta = json.loads(f["meta"].tobytes())
+            preds = _predictions_from_arrays(f)
+        n = meta["n_pending"]
+        store.predictions = {p.prediction_id: p for p in preds[:n]}
+        store.waiting = {f["prediction_id"]: _feedback_from_json(f) for f in meta["waiting"]}
+        store.ready = [Joined(p, _feedback_from_json(f)) for p, f in zip(preds[n:], meta["ready_feedback"],
+                                                                           strict=True)]
+        store.labeled, store.seen = meta["labeled"], meta["seen"]
+        store.released_until = float(meta["released_until"])
+        store.counts = Counter(meta["counts"])
+        return store
+
+
+def _pop_expired(items: dict[str, Any], before: float, ts: Any) -> list[Any]:
+    """Remove entries older than `before` from the front (insertion order is close to time order)."""
+    expired = []
+    while items:
+        first = next(iter(items))
+        if ts(items[first]) >= before:
+            break
+        expired.append(items.pop(first))
+    return expired
+
+
+def _retimed(feedback: StoredFeedback, ts: float) -> StoredFeedback:
+    return StoredFeedback(feedback.event_id, feedback.prediction_id, feedback.label, ts, feedback.partition,
+                          feedback.offset, feedback.key, feedback.value)
+
+
+def _feedback_to_json(f: StoredFeedback) -> dict[str, Any]:
+    return {"event_id": f.event_id, "prediction_id": f.prediction_id, "label": f.label, "ts": f.ts,
+            "partition": f.partition, "offset": f.offset, "key": f.key, "value": f.value.hex()}
+
+
+def _feedback_from_json(d: dict[str, Any]) -> StoredFeedback:
+    return StoredFeedback(d["event_id"], d["prediction_id"], d["label"], float(d["ts"]), int(d["partition"]),
+                          int(d["offset"]), d["key"], bytes.fromhex(d["value"]))
+
+
+STRING_FIELDS = ("prediction_id", "model_version", "user_id", "text", "intent")
+
+
+def _pack(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 bytes end to end plus offsets: fixed-width numpy strings would pad every text to the longest."""
+    encoded = [s.encode() for s in strings]
+    return (np.frombuffer(b"".join(encoded), dtype=np.uint8),
+            np.cumsum([0] + [len(e) for e in encoded]).astype(np.int64))
+
+
+def _unpack(data: np.ndarray, offsets: np.ndarray) -> list[str]:
+    raw = data.tobytes()
+    return [raw[offsets[i]:offsets[i + 1]].decode() for i in range(len(offsets) - 1)]
+
+
+def _predictions_to_arrays(preds: list[StoredPrediction]) -> dict[str, np.ndarray]:
+    dims = {len(p.embedding) for p in preds if p.embedding is not None}
+    dim = dims.pop() if len(dims) == 1 else 0
+    strings = {}
+    for name in STRING_FIELDS:
+        strings[f"s_{name}"], strings[f"o_{name}"] = _pack([getattr(p, name) or "" for p in preds])
+    return {
+        **strings,
+        "has_user": np.array([p.user_id is not None for p in preds], dtype=bool),
+        "ts": np.array([p.ts for p in preds], dtype=np.float64),
+        "confidence": np.array([p.confidence for p in preds], dtype=np.float64),
+        "offsets": np.cumsum([0] + [len(p.indices) for p in preds]).astype(np.int64),
+        "indices": np.concatenate([p.indices for p in preds]).astype(np.int64) if preds else np.zeros(0, np.int64),
+        "values": np.concatenate([p.values for p in preds]).astype(np.float32) if preds else np.zeros(0, np.float32),
+        "has_embedding": np.array([p.embedding is not None for p in preds], dtype=bool),
+        "embeddings": np.stack([p.embedding if p.embedding is not None else np.zeros(dim, np.float32)
+                                for p in preds]).astype(np.float32) if preds and dim else np.zeros((len(preds), 0),
+                                                                                                   np.float32),
+    }
+
+
+def _predictions_from_arrays(f: Any) -> list[StoredPrediction]:
+    offsets, indices, values = f["offsets"], f["indices"], f["values"]
+    strings = {name: _unpack(f[f"s_{name}"], f[f"o_{name}"]) for name in STRING_FIELDS}
+    has_user, ts, confidence = f["has_user"], f["ts"], f["confidence"]
+    out = []
+    for i in range(len(ts)):
+        out.append(StoredPrediction(
+            prediction_id=strings["prediction_id"][i], ts=float(ts[i]),
+            model_version=strings["model_version"][i],
+            user_id=strings["user_id"][i] if has_user[i] else None,
+            text=strings["text"][i], intent=strings["intent"][i], confidence=float(confidence[i]),
+            indices=indices[offsets[i]:offsets[i + 1]].copy(), values=values[offsets[i]:offsets[i + 1]].copy(),
+            embedding=f["embeddings"][i].copy() if f["has_embedding"][i] else None))
+    return out
+
+
+class Watermark:
+    """How far event time has got on every input partition, minus the allowed lateness.
+
+    The smallest, over the partitions, of the largest record timestamp seen, so nothing
+    released can still be overtaken by a record on a slower partition (within the
+    lateness). A partition that has had no record for `idle_s` of wall time stops
+    holding the others back: its contribution becomes the wall clock minus `idle_s`,
+    so when the traffic stops everything is released `idle_s + lateness_s` later.
+    """
+
+    def __init__(self, lateness_s: float = 0.25, idle_s: float = 2.0) -> None:
+        self.lateness_s, self.idle_s = lateness_s, idle_s
+        self.max_ts: dict[tuple[str, int], float] = {}
+        self._last_seen: dict[tuple[str, int], float] = {}
+
+    def track(self, partitions: list[tuple[str, int]], now: float) -> None:
+        """The partitions this consumer reads now (after an assignment); others are forgotten."""
+        self.max_ts = {p: self.max_ts.get(p, float("-inf")) for p in partitions}
+        self._last_seen = {p: self._last_seen.get(p, now) for p in partitions}
+
+    def observe(self, partition: tuple[str, int], ts: float, now: float) -> None:
+        self.max_ts[partition] = max(self.max_ts.get(partition, float("-inf")), ts)
+        self._last_seen[partition] = now
+
+    def value(self, now: float) -> float:
+        if not self.max_ts:
+            return float("-inf")
+        heads = [ts if now - self._last_seen[p] < self.idle_s else max(ts, now - self.idle_s)
+                 for p, ts in self.max_ts.items()]
+        return min(heads) - self.lateness_s
