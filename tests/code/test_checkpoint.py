@@ -1,0 +1,55 @@
+"""CheckpointStore: all or nothing, verified on restore, a damaged newest one falls back to the previous."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.feedback.checkpoint import Checkpoint, CheckpointStore
+
+
+def checkpoint(number: int) -> Checkpoint:
+    return Checkpoint(number, {"offsets": {"feedback:0": number * 10}}, {"head.npz": b"h" * number,
+                                                                         "join.npz": b"j" * number})
+
+
+def test_newest_checkpoint_is_restored_and_old_ones_pruned(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path, keep=2)
+    assert store.restore().checkpoint is None
+    for number in (1, 2, 3):
+        store.save(checkpoint(number))
+    restored = store.restore()
+    assert restored.checkpoint == checkpoint(3) and restored.problems == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000000000002", "ckpt-000000000003"]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "state"])
+def test_a_damaged_checkpoint_is_reported_and_the_previous_one_used(tmp_path: Path, damage: str) -> None:
+    store = CheckpointStore(tmp_path)
+    store.save(checkpoint(1))
+    newest = store.save(checkpoint(2))
+    target = newest / ("state.json" if damage == "state" else "join.npz")
+    if damage == "flip":
+        target.write_bytes(b"x" + target.read_bytes()[1:])
+    elif damage == "truncate":
+        target.write_bytes(target.read_bytes()[:1])
+    elif damage == "delete":
+        target.unlink()
+    else:
+        target.write_text("{not json")
+    restored = store.restore()
+    assert restored.checkpoint == checkpoint(1)
+    assert len(restored.problems) == 1 and restored.problems[0].startswith("ckpt-000000000002")
+
+
+def test_a_write_interrupted_before_the_rename_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    store.save(checkpoint(1))
+    (tmp_path / ".tmp-ckpt-000000000002-123").mkdir()  # what a kill -9 mid-write leaves
+    (tmp_path / ".tmp-ckpt-000000000002-123" / "head.npz").write_bytes(b"half")
+    assert store.restore().checkpoint == checkpoint(1)
+    store.save(checkpoint(2))
+    assert not list(tmp_path.glob(".tmp-*")), "leftovers are cleaned on the next save"
+    with pytest.raises(ValueError, match="keep at least 2"):
+        CheckpointStore(tmp_path, keep=1)
