@@ -110,6 +110,16 @@ class HeadDelta:
             return cls(tuple(str(c) for c in f["classes"]), f["rows"], f["sparse_weights"], dense)
 
 
+class RowState(NamedTuple):
+    rows: np.ndarray
+    z_sparse: np.ndarray
+    n_sparse: np.ndarray
+    w_sparse: np.ndarray
+    z_dense: np.ndarray
+    n_dense: np.ndarray
+    w_dense: np.ndarray
+
+
 class FTRLProximal:
     """Softmax regression trained per coordinate with FTRL-Proximal."""
 
@@ -225,6 +235,13 @@ class FTRLProximal:
 
     def save(self, path: str | Path) -> None:
         """Write the full state; only sparse rows that were ever updated are stored."""
+        Path(path).write_bytes(self.to_bytes())
+
+    @classmethod
+    def load(cls, path: str | Path) -> FTRLProximal:
+        return cls.from_bytes(Path(path).read_bytes(), source=str(path))
+
+    def to_bytes(self) -> bytes:
         rows = np.flatnonzero(self.n_sparse.any(axis=1))
         config = {
             "format_version": FORMAT_VERSION,
@@ -233,18 +250,19 @@ class FTRLProximal:
             "dense_dim": self.dense_dim,
             "params": asdict(self.params),
         }
-        with open(path, "wb") as f:
-            np.savez(f, config=np.array(json.dumps(config)), rows=rows,
-                     z_sparse=self.z_sparse[rows], n_sparse=self.n_sparse[rows],
-                     w_sparse=self.w_sparse[rows], z_dense=self.z_dense, n_dense=self.n_dense,
-                     w_dense=self.w_dense)
+        buf = io.BytesIO()
+        np.savez(buf, config=np.array(json.dumps(config)), rows=rows,
+                 z_sparse=self.z_sparse[rows], n_sparse=self.n_sparse[rows],
+                 w_sparse=self.w_sparse[rows], z_dense=self.z_dense, n_dense=self.n_dense,
+                 w_dense=self.w_dense)
+        return buf.getvalue()
 
     @classmethod
-    def load(cls, path: str | Path) -> FTRLProximal:
-        with np.load(path, allow_pickle=False) as f:
+    def from_bytes(cls, data: bytes, source: str = "head") -> FTRLProximal:
+        with np.load(io.BytesIO(data), allow_pickle=False) as f:
             config = json.loads(str(f["config"]))
             if config["format_version"] != FORMAT_VERSION:
-                raise ValueError(f"{path}: head format {config['format_version']} is not supported")
+                raise ValueError(f"{source}: head format {config['format_version']} is not supported")
             model = cls(config["classes"], config["sparse_dim"], config["dense_dim"],
                         FTRLParams(**config["params"]))
             # The cached weights are stored too, so a loaded model predicts bit for bit alike.
@@ -253,6 +271,20 @@ class FTRLProximal:
                 getattr(model, f"{name}_sparse")[rows] = f[f"{name}_sparse"]
                 getattr(model, f"{name}_dense")[:] = f[f"{name}_dense"]
         return model
+
+    # -- undo (a gate that rejects an update) -----------------------------
+
+    def state_of(self, rows: np.ndarray) -> RowState:
+        """A copy of the state of these sparse rows and of all dense ones, for `restore`."""
+        rows = np.unique(rows)
+        return RowState(rows, self.z_sparse[rows], self.n_sparse[rows], self.w_sparse[rows],
+                        self.z_dense.copy(), self.n_dense.copy(), self.w_dense.copy())
+
+    def restore(self, state: RowState) -> None:
+        """Put back what `state_of` copied: learning that touched only those rows is undone exactly."""
+        rows = state.rows
+        self.z_sparse[rows], self.n_sparse[rows], self.w_sparse[rows] = state.z_sparse, state.n_sparse, state.w_sparse
+        self.z_dense[:], self.n_dense[:], self.w_dense[:] = state.z_dense, state.n_dense, state.w_dense
 
     # -- input checks ------------------------------------------------------
 

@@ -242,3 +242,17 @@ def test_delta_since_mark_carries_exactly_the_changed_coordinates() -> None:
     serving_dense[:] = delta.dense_weights
     np.testing.assert_array_equal(serving_sparse, model.w_sparse)
     np.testing.assert_array_equal(serving_dense, model.w_dense)
+
+
+def test_restore_undoes_learning_exactly_and_bytes_round_trip() -> None:
+    rng = np.random.default_rng(5)
+    model = FTRLProximal(("a", "b", "c"), sparse_dim=64, dense_dim=4)
+    x = Batch(sp.random(30, 64, density=0.1, random_state=1, format="csr"), rng.normal(size=(30, 4)))
+    model.learn_many(x, rng.integers(3, size=30))
+    before = FTRLProximal.from_bytes(model.to_bytes())
+    state = model.state_of(x.sparse.tocsr().indices)
+    model.learn_many(x, rng.integers(3, size=30))
+    assert not np.array_equal(model.w_sparse, before.w_sparse)
+    model.restore(state)
+    for name in ("z_sparse", "n_sparse", "w_sparse", "z_dense", "n_dense", "w_dense"):
+        np.testing.assert_array_equal(getattr(model, name), getattr(before, name))
