@@ -1,0 +1,179 @@
+"""Learning from joined feedback one update window at a time, behind a gate.
+
+For each window: every example is first scored by the current head (progressive
+validation: predicted before its label is learned); a deterministic share of them
+(by event id) is held back, never learned, and joins a bounded set of recent
+held-back examples; the rest is learned with FTRL `learn_many`. The result is a
+candidate. It is published only if it is not less accurate than the live head (what
+serving has) on the held-back set by more than `gate_margin`; then serving gets the
+changed coordinates as a delta and the candidate becomes live. "Less accurate" is a
+paired comparison on the examples where the two heads disagree, so noise in a few
+thousand held-back examples does not reject a sound update. Otherwise the window's
+learning is undone exactly and the report says why, with both accuracies. Until
+`min_holdout` examples are held back there is no evidence to judge by, and windows
+are undone too: nothing reaches serving unjudged.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.ftrl import Batch, FTRLProximal, HeadDelta
+from models.serving_head import ServingHead
+from services.feedback.join import Joined
+
+Decision = Literal["published", "rejected", "no_evidence", "empty"]
+
+
+@dataclass(frozen=True)
+class LearnSettings:
+    holdout_share: float = 0.1
+    holdout_size: int = 2_000
+    min_holdout: int = 50
+    gate_margin: float = 0.0  # accuracy the candidate may lose on the held-back set
+    gate_z: float = 1.64  # ...beyond which the loss must also be significant (one-sided, paired)
+    batch_size: int = 32  # learn_many steps once per mini-batch with summed gradients: as in training
+
+
+@dataclass(frozen=True)
+class WindowReport:
+    window_end: float
+    examples: int
+    learned: int
+    held_back: int
+    correct: int  # progressive: predicted right before learning
+    log_loss: float  # progressive, summed
+    decision: Decision
+    live_accuracy: float | None = None  # on the held-back set
+    candidate_accuracy: float | None = None
+    sequence: int = 0  # the delta's sequence number when published
+    delta: HeadDelta | None = None
+    predicted: list[str] = field(default_factory=list)  # progressive predictions, for drift
+    confidence: np.ndarray | None = None
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.examples if self.examples else float("nan")
+
+    def describe(self) -> str:
+        gate = ("" if self.live_accuracy is None else
+                f"; held-back accuracy candidate {self.candidate_accuracy:.4f} vs live {self.live_accuracy:.4f}")
+        return f"{self.decision}: {self.examples} examples, progressive accuracy {self.accuracy:.4f}{gate}"
+
+
+@dataclass
+class Progress:
+    """Progressive validation since the start, overall and per intent (by the label users gave)."""
+
+    examples: int = 0
+    correct: int = 0
+    log_loss: float = 0.0
+    per_intent: Counter[str] = field(default_factory=Counter)
+    per_intent_correct: Counter[str] = field(default_factory=Counter)
+
+
+class OnlineLearner:
+    """FTRL head + the live head serving has + the held-back set that judges updates."""
+
+    def __init__(self, model: FTRLProximal, base_version: int, settings: LearnSettings | None = None,
+                 sequence: int = 0) -> None:
+        self.model = model
+        self.base_version = base_version
+        self.sequence = sequence
+        self.settings = settings or LearnSettings()
+        self.live = ServingHead.from_model(model)
+        self.holdout: deque[Joined] = deque(maxlen=self.settings.holdout_size)
+        self.progress = Progress()
+        model.mark()
+
+    def held_back(self, event_id: str) -> bool:
+        """Deterministic: the same event is held back in every replay."""
+        return zlib.crc32(event_id.encode()) % 10_000 < self.settings.holdout_share * 10_000
+
+    def learn_window(self, examples: Sequence[Joined], window_end: float) -> WindowReport:
+        if not examples:
+            return WindowReport(window_end, 0, 0, 0, 0, 0.0, "empty")
+        labels = np.array([self.model.class_index[j.feedback.label] for j in examples])
+        batch = self.batch(examples)
+        proba = self.model.predict_proba_many(batch)
+        predicted = proba.argmax(axis=1)
+        correct = predicted == labels
+        log_loss = float(-np.log(np.clip(proba[np.arange(len(labels)), labels], 1e-15, 1.0)).sum())
+        self._record(examples, correct, log_loss)
+
+        held = np.array([self.held_back(j.feedback.event_id) for j in examples])
+        self.holdout.extend(j for j, h in zip(examples, held, strict=True) if h)
+        learn = np.flatnonzero(~held)
+        report = WindowReport(window_end, len(examples), len(learn), int(held.sum()), int(correct.sum()), log_loss,
+                              "empty", predicted=[self.model.classes[i] for i in predicted],
+                              confidence=proba.max(axis=1))
+        if len(learn) == 0:
+            return report
+
+        learn_batch = batch.take(learn)
+        undo = self.model.state_of(learn_batch.sparse.tocsr().indices)
+        for start in range(0, len(learn), self.settings.batch_size):
+            rows = slice(start, start + self.settings.batch_size)
+            self.model.learn_many(learn_batch.take(rows), labels[learn][rows])
+        if len(self.holdout) < self.settings.min_holdout:
+            self.model.restore(undo)
+            return replace(report, decision="no_evidence")
+
+        judge = self.batch(list(self.holdout))
+        truth = np.array([self.model.class_index[j.feedback.label] for j in self.holdout])
+        live_right = self.live.predict_proba_many(judge).argmax(axis=1) == truth
+        cand_right = self.model.predict_proba_many(judge).argmax(axis=1) == truth
+        report = replace(report, live_accuracy=float(live_right.mean()), candidate_accuracy=float(cand_right.mean()))
+        if self._worse(live_right, cand_right):
+            self.model.restore(undo)
+            return replace(report, decision="rejected")
+
+        delta = self.model.delta()
+        self.model.mark()
+        self.live = self.live.apply(delta)
+        self.sequence += 1
+        return replace(report, decision="published", sequence=self.sequence, delta=delta)
+
+    def _worse(self, live_right: np.ndarray, cand_right: np.ndarray) -> bool:
+        """McNemar-style paired check on the held-back set: only the examples the two heads disagree on
+        count, so a candidate is rejected for being worse, not for noise in a few thousand examples."""
+        lost = int((live_right & ~cand_right).sum())
+        gained = int((cand_right & ~live_right).sum())
+        allowed = self.settings.gate_margin * len(live_right) + self.settings.gate_z * np.sqrt(lost + gained)
+        return lost - gained > allowed
+
+    def batch(self, examples: Sequence[Joined]) -> Batch:
+        """The logged model input of each example, as the head takes it."""
+        lengths = [len(j.prediction.indices) for j in examples]
+        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        indices = np.concatenate([j.prediction.indices for j in examples]) if examples else np.zeros(0, np.int64)
+        values = np.concatenate([j.prediction.values for j in examples]) if examples else np.zeros(0)
+        sparse = sp.csr_matrix((values.astype(np.float64), indices, indptr),
+                               shape=(len(examples), self.model.sparse_dim))
+        dense = None
+        if self.model.dense_dim:
+            dense = np.stack([_embedding(j, self.model.dense_dim) for j in examples]).astype(np.float64)
+        return Batch(sparse, dense)
+
+    def _record(self, examples: Sequence[Joined], correct: np.ndarray, log_loss: float) -> None:
+        p = self.progress
+        p.examples += len(examples)
+        p.correct += int(correct.sum())
+        p.log_loss += log_loss
+        for j, ok in zip(examples, correct, strict=True):
+            p.per_intent[j.feedback.label] += 1
+            p.per_intent_correct[j.feedback.label] += int(ok)
+
+
+def _embedding(joined: Joined, dim: int) -> np.ndarray:
+    embedding = joined.prediction.embedding
+    if embedding is None or len(embedding) != dim:
+        raise ValueError(f"prediction {joined.prediction.prediction_id} has no {dim}-d embedding")
+    return embedding

@@ -1,0 +1,83 @@
+"""OnlineLearner: progressive validation, held-back examples, a gate that publishes or undoes exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.catalog import INTENTS
+from models.ftrl import FTRLProximal
+from models.serving_head import ServingHead
+from models.traffic import TrafficConfig, generate
+from models.train import featurize
+from services.feedback.join import Joined, StoredFeedback, StoredPrediction
+from services.feedback.learner import LearnSettings, OnlineLearner
+from tests.conftest import SPEC, TinyModel
+
+
+def examples(trained: TinyModel, n: int, seed: int, flip: bool = False) -> list[Joined]:
+    """Joined examples as the service would build them: logged features + the label users gave."""
+    encoder = trained[0]
+    events = generate(TrafficConfig(n_events=n, n_users=40, seed=seed)).events
+    texts = list(events["text"])
+    batch = featurize(texts, encoder.encode(texts), SPEC)
+    csr = batch.sparse.tocsr()
+    out = []
+    for i, row in enumerate(events.itertuples()):
+        label = INTENTS[(INTENTS.index(row.true_label) + 1) % len(INTENTS)] if flip else row.label
+        prediction = StoredPrediction(
+            f"p{seed}-{i}", float(i), "1", None, row.text, "x", 0.5,
+            csr.indices[csr.indptr[i]:csr.indptr[i + 1]].astype(np.int64),
+            csr.data[csr.indptr[i]:csr.indptr[i + 1]].astype(np.float32), batch.dense[i].astype(np.float32))
+        out.append(Joined(prediction, StoredFeedback(f"f{seed}-{i}", prediction.prediction_id, label, float(i) + 1,
+                                                     0, i, None, b"{}")))
+    return out
+
+
+@pytest.fixture
+def learner(trained: TinyModel, tmp_path: Path) -> OnlineLearner:
+    trained[1].save(tmp_path / "head.npz")
+    return OnlineLearner(FTRLProximal.load(tmp_path / "head.npz"), base_version=1,
+                         settings=LearnSettings(holdout_share=0.2, min_holdout=40))
+
+
+def test_clean_windows_are_published_and_deltas_rebuild_the_live_head(learner: OnlineLearner,
+                                                                      trained: TinyModel) -> None:
+    serving = ServingHead.from_model(learner.model)
+    stream = examples(trained, 600, seed=11)
+    reports = [learner.learn_window(stream[i:i + 150], window_end=i + 150.0) for i in range(0, 600, 150)]
+    assert reports[0].decision == "no_evidence", "40 held-back examples are needed before anything is judged"
+    published = [r for r in reports if r.decision == "published"]
+    assert published and [r.sequence for r in published] == list(range(1, len(published) + 1))
+    for report in published:
+        serving = serving.apply(report.delta)
+    np.testing.assert_array_equal(serving.w_sparse, learner.live.w_sparse)
+    np.testing.assert_array_equal(serving.w_dense, learner.model.w_dense)
+    assert learner.progress.examples == 600 and sum(r.examples for r in reports) == 600
+    assert sum(r.held_back for r in reports) + sum(r.learned for r in reports) == 600
+    assert 0.1 < sum(r.held_back for r in reports) / 600 < 0.3
+    assert sum(learner.progress.per_intent.values()) == 600
+
+
+def test_a_label_flip_flood_is_rejected_and_leaves_no_trace(learner: OnlineLearner, trained: TinyModel) -> None:
+    clean = examples(trained, 400, seed=12)
+    for i in range(0, 400, 100):
+        learner.learn_window(clean[i:i + 100], window_end=i + 100.0)
+    before = FTRLProximal.from_bytes(learner.model.to_bytes())
+    sequence = learner.sequence
+
+    report = learner.learn_window(examples(trained, 200, seed=13, flip=True), window_end=1000.0)
+    assert report.decision == "rejected" and report.candidate_accuracy < report.live_accuracy
+    assert "rejected" in report.describe() and f"{report.live_accuracy:.4f}" in report.describe()
+    assert learner.sequence == sequence
+    for name in ("z_sparse", "n_sparse", "w_sparse", "z_dense", "n_dense", "w_dense"):
+        np.testing.assert_array_equal(getattr(learner.model, name), getattr(before, name))
+
+
+def test_held_back_examples_are_chosen_by_event_id_alone(learner: OnlineLearner) -> None:
+    ids = [f"event-{i}" for i in range(2000)]
+    first = [learner.held_back(i) for i in ids]
+    assert first == [learner.held_back(i) for i in ids] and 0.17 < np.mean(first) < 0.23
+    assert learner.learn_window([], window_end=1.0).decision == "empty"
