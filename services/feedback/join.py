@@ -128,8 +128,8 @@ class JoinStore:
 
     # -- time ----------------------------------------------------------------------------------
 
-    def advance(self, watermark: float) -> tuple[list[Joined], list[Rejected]]:
-        """Release joined examples with key time before `watermark`, in key order; expire what waited too long."""
+    def expire(self, watermark: float) -> list[Rejected]:
+        """Drop what waited too long; feedback that never met its prediction is returned as unmatched."""
         rejected = [self._reject(f, "unmatched", f"no prediction {f.prediction_id} within "
                                                  f"{self.settings.feedback_wait_s:g} s of event time")
                     for f in _pop_expired(self.waiting, watermark - self.settings.feedback_wait_s,
@@ -138,11 +138,24 @@ class JoinStore:
             _pop_expired(self.predictions, watermark - self.settings.prediction_ttl_s, lambda p: p.ts))
         _pop_expired(self.labeled, watermark - self.settings.prediction_ttl_s, lambda ts: ts)
         _pop_expired(self.seen, watermark - self.settings.dedup_ttl_s, lambda ts: ts)
+        return rejected
+
+    def first_key_time(self) -> float | None:
+        """Key time of the earliest joined example not yet released."""
+        return min((j.key[0] for j in self.ready), default=None)
+
+    def release(self, until: float) -> list[Joined]:
+        """Joined examples with key time before `until`, in key order; later joins before it are late."""
         self.ready.sort(key=lambda j: j.key)
-        cut = next((i for i, j in enumerate(self.ready) if j.key[0] >= watermark), len(self.ready))
+        cut = next((i for i, j in enumerate(self.ready) if j.key[0] >= until), len(self.ready))
         released, self.ready = self.ready[:cut], self.ready[cut:]
-        self.released_until = max(self.released_until, watermark)
-        return released, rejected
+        self.released_until = max(self.released_until, until)
+        return released
+
+    def advance(self, watermark: float) -> tuple[list[Joined], list[Rejected]]:
+        """`expire` and `release` up to `watermark`."""
+        rejected = self.expire(watermark)
+        return self.release(watermark), rejected
 
     def drain(self) -> list[Joined]:
         """Everything joined, whatever the watermark (at shutdown of a bounded replay)."""
@@ -199,6 +212,23 @@ class JoinStore:
         store.released_until = float(meta["released_until"])
         store.counts = Counter(meta["counts"])
         return store
+
+
+def joined_to_bytes(examples: list[Joined]) -> bytes:
+    """Joined examples (e.g. the learner's held-back set) as one npz, no pickle."""
+    arrays: dict[str, Any] = _predictions_to_arrays([j.prediction for j in examples])
+    feedback = [_feedback_to_json(j.feedback) for j in examples]
+    arrays["feedback"] = np.frombuffer(json.dumps(feedback).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def joined_from_bytes(data: bytes) -> list[Joined]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as f:
+        feedback = json.loads(f["feedback"].tobytes())
+        predictions = _predictions_from_arrays(f)
+    return [Joined(p, _feedback_from_json(d)) for p, d in zip(predictions, feedback, strict=True)]
 
 
 def _pop_expired(items: dict[str, Any], before: float, ts: Any) -> list[Any]:
@@ -298,6 +328,11 @@ class Watermark:
         """The partitions this consumer reads now (after an assignment); others are forgotten."""
         self.max_ts = {p: self.max_ts.get(p, float("-inf")) for p in partitions}
         self._last_seen = {p: self._last_seen.get(p, now) for p in partitions}
+
+    def restore(self, max_ts: dict[tuple[str, int], float], now: float) -> None:
+        """Event time reached before a restart; every partition counts as just seen."""
+        self.max_ts = dict(max_ts)
+        self._last_seen = dict.fromkeys(max_ts, now)
 
     def observe(self, partition: tuple[str, int], ts: float, now: float) -> None:
         self.max_ts[partition] = max(self.max_ts.get(partition, float("-inf")), ts)

@@ -20,12 +20,12 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
 
-from models.ftrl import Batch, FTRLProximal, HeadDelta
+from models.ftrl import Batch, FTRLProximal, HeadDelta, RowState
 from models.serving_head import ServingHead
 from services.feedback.join import Joined
 
@@ -78,6 +78,19 @@ class Progress:
     per_intent: Counter[str] = field(default_factory=Counter)
     per_intent_correct: Counter[str] = field(default_factory=Counter)
 
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.examples if self.examples else float("nan")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"examples": self.examples, "correct": self.correct, "log_loss": self.log_loss,
+                "per_intent": dict(self.per_intent), "per_intent_correct": dict(self.per_intent_correct)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Progress:
+        return cls(d["examples"], d["correct"], d["log_loss"], Counter(d["per_intent"]),
+                   Counter(d["per_intent_correct"]))
+
 
 class OnlineLearner:
     """FTRL head + the live head serving has + the held-back set that judges updates."""
@@ -123,7 +136,7 @@ class OnlineLearner:
             rows = slice(start, start + self.settings.batch_size)
             self.model.learn_many(learn_batch.take(rows), labels[learn][rows])
         if len(self.holdout) < self.settings.min_holdout:
-            self.model.restore(undo)
+            self._undo(undo)
             return replace(report, decision="no_evidence")
 
         judge = self.batch(list(self.holdout))
@@ -132,7 +145,7 @@ class OnlineLearner:
         cand_right = self.model.predict_proba_many(judge).argmax(axis=1) == truth
         report = replace(report, live_accuracy=float(live_right.mean()), candidate_accuracy=float(cand_right.mean()))
         if self._worse(live_right, cand_right):
-            self.model.restore(undo)
+            self._undo(undo)
             return replace(report, decision="rejected")
 
         delta = self.model.delta()
@@ -140,6 +153,12 @@ class OnlineLearner:
         self.live = self.live.apply(delta)
         self.sequence += 1
         return replace(report, decision="published", sequence=self.sequence, delta=delta)
+
+    def _undo(self, state: RowState) -> None:
+        # Back to exactly the live head, with nothing pending: the next delta starts from here, and a
+        # checkpoint taken now (which does not store pending marks) loses nothing.
+        self.model.restore(state)
+        self.model.mark()
 
     def _worse(self, live_right: np.ndarray, cand_right: np.ndarray) -> bool:
         """McNemar-style paired check on the held-back set: only the examples the two heads disagree on

@@ -1,0 +1,99 @@
+"""From Kafka records to join-store inputs, or to dead letters that say exactly why not.
+
+Dead letters carry the original bytes (base64) and an event id derived from where the
+record was (topic, partition, offset, reason), so a replay after a restart produces
+the same dead letter again and consumers of `feedback-dlq` can drop the repeat.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import ValidationError
+
+from services.common.events import FEEDBACK, PREDICTIONS, DeadLetter, FeedbackEvent, PredictionEvent
+from services.feedback.join import Rejected, StoredFeedback, StoredPrediction
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed record, client-independent."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: bytes
+    ts: float  # record timestamp, seconds
+
+
+def dead_letter(record: Record, reason: str, detail: str) -> DeadLetter:
+    digest = hashlib.sha256(f"{record.topic}:{record.partition}:{record.offset}:{reason}".encode()).hexdigest()
+    return DeadLetter(event_id=digest[:32], reason=reason, detail=detail[:2000],
+                      topic=record.topic, partition=record.partition, offset=record.offset, key=record.key,
+                      value=base64.b64encode(record.value).decode())
+
+
+def rejected_letter(rejected: Rejected) -> DeadLetter:
+    f = rejected.feedback
+    return dead_letter(Record(FEEDBACK, f.partition, f.offset, f.key, f.value, f.ts), rejected.reason,
+                       rejected.detail)
+
+
+def _schema_problem(record: Record, exc: ValidationError) -> DeadLetter:
+    errors = exc.errors()
+    if any(e["type"] == "json_invalid" for e in errors):
+        return dead_letter(record, "invalid_json", errors[0]["msg"])
+    detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in errors[:5])
+    return dead_letter(record, "wrong_schema", detail)
+
+
+def parse_feedback(record: Record, classes: Collection[str], max_bytes: int) -> StoredFeedback | DeadLetter:
+    if len(record.value) > max_bytes:
+        return dead_letter(record, "too_large", f"{len(record.value)} bytes, the limit is {max_bytes}")
+    try:
+        event = FeedbackEvent.model_validate_json(record.value)
+    except ValidationError as exc:
+        return _schema_problem(record, exc)
+    if event.label not in classes:
+        return dead_letter(record, "unknown_label", f"label {event.label!r} is not one of the model's intents")
+    return StoredFeedback(event.event_id, event.prediction_id, event.label, record.ts, record.partition,
+                          record.offset, record.key, record.value)
+
+
+def parse_prediction(record: Record, sparse_dim: int, dense_dim: int) -> StoredPrediction | DeadLetter:
+    try:
+        event = PredictionEvent.model_validate_json(record.value)
+    except ValidationError as exc:
+        return _schema_problem(record, exc)
+    features = event.features
+    if len(features.indices) != len(features.values):
+        return dead_letter(record, "wrong_schema", "features.indices and features.values differ in length")
+    if features.indices and not 0 <= min(features.indices) <= max(features.indices) < sparse_dim:
+        return dead_letter(record, "wrong_schema", f"features.indices outside 0..{sparse_dim - 1}")
+    embedding = None if features.embedding is None else np.asarray(features.embedding, dtype=np.float32)
+    if dense_dim and (embedding is None or len(embedding) != dense_dim):
+        return dead_letter(record, "wrong_schema", f"features.embedding must have {dense_dim} values")
+    return StoredPrediction(
+        event.prediction_id, record.ts, event.model_version, event.user_id, event.text, event.intent,
+        max(event.probabilities.values(), default=0.0), np.asarray(features.indices, dtype=np.int64),
+        np.asarray(features.values, dtype=np.float32), embedding)
+
+
+def parse(record: Record, classes: Collection[str], sparse_dim: int, dense_dim: int, max_bytes: int
+          ) -> StoredPrediction | StoredFeedback | DeadLetter:
+    if record.topic == PREDICTIONS:
+        return parse_prediction(record, sparse_dim, dense_dim)
+    if record.topic == FEEDBACK:
+        return parse_feedback(record, classes, max_bytes)
+    return dead_letter(record, "wrong_schema", f"unexpected topic {record.topic}")
+
+
+def describe(letter: DeadLetter) -> str:
+    return json.dumps({"reason": letter.reason, "detail": letter.detail, "where":
+                       f"{letter.topic}[{letter.partition}]@{letter.offset}"})

@@ -1,0 +1,187 @@
+"""FeedbackService without a broker: records in, windows learned, dead letters out, and a restart from a
+checkpoint that ends with the same head and the same deltas as a run that never stopped."""
+
+from __future__ import annotations
+
+import base64
+import random
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.catalog import INTENTS
+from models.ftrl import FTRLProximal
+from models.traffic import TrafficConfig, generate
+from models.train import featurize
+from services.common.events import FEEDBACK, PREDICTIONS, FeedbackEvent, LoggedFeatures, PredictionEvent
+from services.feedback.intake import Record
+from services.feedback.learner import WindowReport
+from services.feedback.service import FeedbackService
+from services.feedback.settings import FeedbackSettings
+from tests.conftest import SPEC, TinyModel
+
+PARTITIONS = 4
+T0 = 1_800_000_000.0
+
+
+def stream(trained: TinyModel, n: int = 900, seed: int = 21) -> list[Record]:
+    """Predictions and their feedback as serving and users would produce them, per partition in time order."""
+    encoder = trained[0]
+    events = generate(TrafficConfig(n_events=n, n_users=60, seed=seed)).events
+    texts = list(events["text"])
+    batch = featurize(texts, encoder.encode(texts), SPEC)
+    csr = batch.sparse.tocsr()
+    rng = random.Random(seed)
+    timed: list[tuple[float, str, str, bytes]] = []
+    for i, row in enumerate(events.itertuples()):
+        pid = f"pred-{seed}-{i}"
+        ts = T0 + i * 0.02
+        prediction = PredictionEvent(
+            prediction_id=pid, model_version="1", user_id=row.user_id, text=row.text, intent=row.true_label,
+            features=LoggedFeatures(indices=csr.indices[csr.indptr[i]:csr.indptr[i + 1]].tolist(),
+                                    values=csr.data[csr.indptr[i]:csr.indptr[i + 1]].tolist(),
+                                    embedding=batch.dense[i].tolist()),
+            probabilities={intent: 1 / len(INTENTS) for intent in INTENTS})
+        timed.append((ts, PREDICTIONS, pid, prediction.model_dump_json().encode()))
+        if rng.random() < 0.8:  # most users give feedback, after a realistic delay
+            feedback = FeedbackEvent(event_id=f"fb-{seed}-{i}", prediction_id=pid, label=row.label)
+            timed.append((ts + rng.uniform(0.2, 3.0), FEEDBACK, pid, feedback.model_dump_json().encode()))
+    return _records(timed)
+
+
+def _records(timed: list[tuple[float, str, str, bytes]]) -> list[Record]:
+    offsets: dict[tuple[str, int], int] = {}
+    out = []
+    for ts, topic, key, value in sorted(timed, key=lambda t: t[0]):
+        partition = zlib.crc32(key.encode()) % PARTITIONS
+        offset = offsets.get((topic, partition), 0)
+        offsets[(topic, partition)] = offset + 1
+        out.append(Record(topic, partition, offset, key, value, ts))
+    return out
+
+
+def arrival(records: list[Record], seed: int) -> list[Record]:
+    """One way fetches could interleave partitions: each partition in order, the mix jittered."""
+    rng = random.Random(seed)
+    jittered = sorted(records, key=lambda r: (r.ts + rng.uniform(0, 0.3)))
+    by_partition: dict[tuple[str, int], list[Record]] = {}
+    for r in records:
+        by_partition.setdefault((r.topic, r.partition), []).append(r)
+    cursors = {k: iter(v) for k, v in by_partition.items()}
+    return [next(cursors[(r.topic, r.partition)]) for r in jittered]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> FeedbackSettings:
+    return FeedbackSettings(state_dir=tmp_path, update_interval_s=1.0, lateness_s=0.5, min_holdout=20,
+                            holdout_share=0.15, feedback_wait_s=10.0)
+
+
+def service(settings: FeedbackSettings, trained: TinyModel, folder: Path) -> FeedbackService:
+    trained[1].save(folder / "start.npz")
+    return FeedbackService(settings, start=(FTRLProximal.load(folder / "start.npz"), 1))
+
+
+def collect(reports: list[WindowReport], deltas: dict[int, bytes]) -> None:
+    """Published deltas by sequence number; one published again (a replay) must be the same."""
+    for report in reports:
+        if report.decision == "published":
+            d = report.delta
+            content = d.rows.tobytes() + d.sparse_weights.tobytes() + d.dense_weights.tobytes()
+            assert deltas.setdefault(report.sequence, content) == content, "a replayed delta must be identical"
+
+
+def feed(svc: FeedbackService, records: list[Record], deltas: dict[int, bytes]) -> None:
+    for i, record in enumerate(records):
+        svc.process(record, now=record.ts)
+        if i % 40 == 0:
+            collect(svc.tick(now=record.ts), deltas)
+
+
+def finish(svc: FeedbackService, deltas: dict[int, bytes]) -> None:
+    collect(svc.tick(now=0.0, flush=True), deltas)
+
+
+def test_windows_are_learned_and_published(settings, trained, tmp_path) -> None:
+    svc, deltas = service(settings, trained, tmp_path), {}
+    records = stream(trained)
+    feed(svc, arrival(records, seed=1), deltas)
+    finish(svc, deltas)
+    assert svc.stats.windows["published"] >= 3 and sorted(deltas) == list(range(1, len(deltas) + 1))
+    n_feedback = sum(r.topic == FEEDBACK for r in records)
+    learned = svc.learner.progress.examples
+    assert learned == n_feedback, "every feedback event was joined and scored exactly once"
+    assert not svc.store.ready and not svc.store.waiting and sum(svc.stats.dead_letters.values()) == 0
+
+
+@pytest.mark.parametrize("crash_at", [0.15, 0.5, 0.85])
+def test_a_restart_from_a_checkpoint_learns_exactly_what_an_uninterrupted_run_does(
+        settings, trained, tmp_path, crash_at) -> None:
+    records = stream(trained)
+    steady, steady_deltas = service(settings, trained, tmp_path), {}
+    feed(steady, arrival(records, seed=1), steady_deltas)
+    finish(steady, steady_deltas)
+
+    order = arrival(records, seed=2)  # another interleaving of the same topics
+    first, deltas = service(settings, trained, tmp_path), {}
+    cut = int(len(order) * crash_at)
+    feed(first, order[:cut], deltas)
+    first.checkpoints.save(first.checkpoint())
+    feed(first, order[cut:cut + 200], deltas)  # work done after the checkpoint, lost in the crash
+
+    resumed = FeedbackService(settings)  # no start head given: it must come from the checkpoint
+    rest = [r for r in order if r.offset >= resumed.offsets.get(f"{r.topic}:{r.partition}", 0)]
+    feed(resumed, rest, deltas)
+    finish(resumed, deltas)
+
+    assert deltas == steady_deltas, "same deltas with the same sequence numbers"
+    for name in ("z_sparse", "n_sparse", "w_sparse", "z_dense", "n_dense", "w_dense"):
+        np.testing.assert_array_equal(getattr(resumed.learner.model, name), getattr(steady.learner.model, name))
+    assert resumed.learner.progress == steady.learner.progress, "every event scored exactly once"
+    assert resumed.stats.windows == steady.stats.windows
+
+
+def test_every_bad_event_goes_to_the_dead_letters_with_its_reason(settings, trained, tmp_path) -> None:
+    svc = service(settings, trained, tmp_path)
+    good = stream(trained, n=40)
+    first_pred = next(r for r in good if r.topic == PREDICTIONS)
+    first_fb = next(r for r in good if r.topic == FEEDBACK)
+    t = T0 + 100
+
+    def bad(value: bytes, offset: int, topic: str = FEEDBACK) -> Record:
+        return Record(topic, 0, 10_000 + offset, "k", value, t)
+
+    def fb(**fields: object) -> bytes:
+        return FeedbackEvent(**{"prediction_id": first_pred.key, "label": "navigate", **fields}).model_dump_json(
+        ).encode()
+
+    cases = {
+        "invalid_json": bad(b'{"prediction_id": "x", "label": ', 1),
+        "wrong_schema": bad(b'{"prediction_id": 7, "label": ["navigate"], "colour": "red"}', 2),
+        "unknown_label": bad(fb(label="order_pizza"), 3),
+        "too_large": bad(b" " * (settings.max_event_bytes + 1), 4),
+        "duplicate": bad(first_fb.value, 5),
+        "already_labeled": bad(fb(event_id="another-event-for-the-same-prediction"), 6),
+        "unmatched": bad(fb(prediction_id="nobody-predicted-this", event_id="lonely"), 7),
+    }
+    bad_prediction = bad(b'{"prediction_id": "p", "features": {}}', 8, topic=PREDICTIONS)
+    for record in good + list(cases.values()) + [bad_prediction, Record(FEEDBACK, 1, 0, None, b"\xff\xfe\x00", t)]:
+        svc.process(record, now=record.ts)
+    svc.tick(now=t + 100)  # long enough for the lonely feedback to give up waiting
+    letters = svc.take_letters()
+    by_reason = {letter.reason: letter for letter in letters}
+    assert set(by_reason) == set(cases), sorted(by_reason)
+    for reason, record in cases.items():
+        letter = next(x for x in letters if x.reason == reason and x.offset == record.offset)
+        assert base64.b64decode(letter.value) == record.value, "the original bytes are kept"
+        assert letter.detail
+    assert "order_pizza" in by_reason["unknown_label"].detail
+    assert sum(svc.stats.dead_letters.values()) == len(letters) == len(cases) + 2
+    assert svc.stats.dead_letters["invalid_json"] == 2 and svc.stats.dead_letters["wrong_schema"] == 2
+    again = svc.take_letters()
+    assert again == [], "taken once"
+    from services.feedback.intake import dead_letter
+    assert dead_letter(cases["too_large"], "too_large", "x").event_id == by_reason["too_large"].event_id, \
+        "a replay makes the same dead letter id"
