@@ -22,9 +22,10 @@ def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
     return True
 
 
-def read_events(broker: str, keys: set[str], timeout: float = 20.0) -> dict[str, tuple[int, dict[str, object]]]:
-    """Events on `predictions` whose key is in `keys`, as key -> (partition, value); others share the broker."""
-    partitions = [TopicPartition(PREDICTIONS, p) for p in range(DEFAULT_PARTITIONS[PREDICTIONS])]
+def read_events(broker: str, keys: set[str], timeout: float = 20.0, topic: str = PREDICTIONS
+                ) -> dict[str, tuple[int, dict[str, object]]]:
+    """Events on `topic` whose key is in `keys`, as key -> (partition, value); others share the broker."""
+    partitions = [TopicPartition(topic, p) for p in range(DEFAULT_PARTITIONS[topic])]
     consumer = KafkaConsumer(bootstrap_servers=broker, group_id=None, enable_auto_commit=False)
     consumer.assign(partitions)
     consumer.seek_to_beginning(*partitions)

@@ -1,0 +1,164 @@
+"""The loop on real processes: `loopline serve` and `loopline feedback` with the broker and MLflow on SQLite.
+
+Predictions are requested over HTTP, feedback is produced to Kafka as an application
+would; the feedback service joins, learns, publishes, and serving answers with the
+new version. Then bad events land in the DLQ, and a feedback service killed with
+SIGKILL at random points ends with exactly the head of one that was never killed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from kafka import KafkaProducer
+
+from infra.broker import FEEDBACK, FEEDBACK_DLQ
+from infra.process import ManagedProcess, free_port
+from models.traffic import TrafficConfig, generate
+from services.common.events import FeedbackEvent
+from services.feedback.checkpoint import CheckpointStore
+from services.feedback.service import HEAD
+from tests.conftest import TinyModel
+from tests.integration.helpers import read_events, wait_until
+from tests.integration.stack import Serving, bin_command, start_serving
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Feedback:
+    process: ManagedProcess
+    state: Path
+
+    def metric(self, name: str, label: str = "") -> float:
+        text = httpx.get(f"{self.process.url}/metrics", timeout=5).text
+        wanted = f"{name}{{{label}}}" if label else name
+        for line in text.splitlines():
+            if line.startswith(wanted + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def start(self) -> None:
+        self.process.start_healthy(lambda: httpx.get(f"{self.process.url}/metrics", timeout=2).status_code == 200,
+                                   timeout=120)
+
+
+def feedback_service(serving: Serving, state: Path, name: str = "feedback") -> Feedback:
+    port = free_port()
+    env = {**os.environ, "LOOPLINE_STATE_DIR": str(state),
+           "LOOPLINE_MLFLOW_TRACKING_URI": serving.settings.tracking_uri,
+           "LOOPLINE_KAFKA_BOOTSTRAP_SERVERS": serving.settings.kafka_bootstrap_servers or "",
+           "LOOPLINE_MODEL_NAME": serving.settings.model_name, "LOOPLINE_GROUP_ID": f"fb-{uuid.uuid4().hex[:8]}",
+           "LOOPLINE_UPDATE_INTERVAL_S": "1", "LOOPLINE_MIN_HOLDOUT": "10", "LOOPLINE_HOLDOUT_SHARE": "0.2",
+           "LOOPLINE_CHECKPOINT_INTERVAL_S": "1", "LOOPLINE_FEEDBACK_WAIT_S": "5", "LOOPLINE_IDLE_S": "1",
+           "LOOPLINE_METRICS_PORT": str(port)}
+    return Feedback(ManagedProcess(name, bin_command("feedback"), state, env=env, url=f"http://127.0.0.1:{port}"),
+                    state)
+
+
+@pytest.fixture(scope="module")
+def serving(mlflow_server: str, broker: str, trained: TinyModel,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
+    with start_serving(mlflow_server, broker, trained, tmp_path_factory.mktemp("loop-serving"),
+                       tmp_path_factory.mktemp("loop-bundles")) as serving:
+        yield serving
+
+
+def traffic(serving: Serving, n: int, seed: int, producer: KafkaProducer, feedback_share: float = 0.8
+            ) -> list[str]:
+    """Predict over HTTP, then send feedback (the intent meant) for most predictions; returns feedback ids."""
+    events = generate(TrafficConfig(n_events=n, n_users=40, seed=seed)).events
+    rng = random.Random(seed)
+    sent = []
+    with httpx.Client(base_url=serving.url, timeout=30) as http:
+        for row in events.itertuples():
+            response = http.post("/v1/predict", json={"text": row.text, "user_id": row.user_id})
+            assert response.status_code == 200, response.text
+            if rng.random() < feedback_share:
+                pid = response.json()["prediction_id"]
+                event = FeedbackEvent(prediction_id=pid, label=row.true_label, source="correction")
+                producer.send(FEEDBACK, key=pid.encode(), value=event.model_dump_json().encode())
+                sent.append(event.event_id)
+    producer.flush(10)
+    return sent
+
+
+def test_feedback_is_learned_and_serving_answers_with_the_update(serving: Serving, tmp_path: Path) -> None:
+    service = feedback_service(serving, tmp_path)
+    service.start()
+    try:
+        sent = traffic(serving, 400, seed=31, producer=serving.producer)
+        assert wait_until(lambda: serving.current().startswith("1+ftrl."), 60), service.process.log_tail()
+        version = serving.current()
+        assert serving.predict("turn on the wifi")["model_version"] == version
+        assert wait_until(lambda: service.metric("loopline_feedback_examples_total") == len(sent), 30), \
+            (service.metric("loopline_feedback_examples_total"), len(sent))
+        assert service.metric("loopline_feedback_windows_total", 'decision="published"') >= 1
+        assert service.metric("loopline_feedback_progressive_accuracy") > 0.5
+        assert serving.metric("loopline_model_updates", outcome="gap") == 0
+
+        bad = {"invalid-json": b'{"prediction_id": "x",', "unknown-label": FeedbackEvent(
+            prediction_id="p", label="order_pizza").model_dump_json().encode()}
+        for key, value in bad.items():
+            serving.producer.send(FEEDBACK, key=key.encode(), value=value)
+        serving.producer.flush(10)
+        letters = read_events(serving.settings.kafka_bootstrap_servers or "", set(bad), topic=FEEDBACK_DLQ)
+        assert {k: v["reason"] for k, (_, v) in letters.items()} == {"invalid-json": "invalid_json",
+                                                                     "unknown-label": "unknown_label"}
+    finally:
+        service.process.stop()
+
+
+def test_killed_at_random_points_it_ends_with_the_head_of_a_run_never_killed(
+        serving: Serving, tmp_path_factory: pytest.TempPathFactory) -> None:
+    steady = feedback_service(serving, tmp_path_factory.mktemp("steady"), "steady")
+    killed = feedback_service(serving, tmp_path_factory.mktemp("killed"), "killed")
+    steady.start()
+    killed.start()
+    producer = KafkaProducer(bootstrap_servers=serving.settings.kafka_bootstrap_servers, acks="all")
+    sent: list[str] = []
+    flow = threading.Thread(target=lambda: [sent.extend(traffic(serving, 250, seed, producer))
+                                            for seed in range(40, 44)])
+    flow.start()
+    kills, rng = 0, random.Random(7)
+    try:
+        while flow.is_alive() and kills < 3:
+            time.sleep(rng.uniform(1.5, 4.0))
+            os.killpg(killed.process.pgid, signal.SIGKILL)
+            killed.process.stop()
+            kills += 1
+            killed.start()
+        flow.join()
+        total = sum(1 for _ in sent)
+        for service in (steady, killed):
+            assert wait_until(lambda s=service: s.metric("loopline_feedback_examples_total") >= total, 60), \
+                service.process.log_tail()
+        time.sleep(2.5)  # a last checkpoint (every second) after the last window
+    finally:
+        producer.close(5)
+        steady.process.stop()
+        killed.process.stop()
+    assert kills >= 1
+    heads = []
+    for service in (steady, killed):
+        restored = CheckpointStore(service.state / "feedback" / "checkpoints").restore().checkpoint
+        assert restored is not None
+        heads.append(restored)
+    from models.ftrl import FTRLProximal
+
+    a, b = (FTRLProximal.from_bytes(c.files[HEAD]) for c in heads)
+    for name in ("z_sparse", "n_sparse", "w_sparse", "z_dense", "n_dense", "w_dense"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert heads[0].state["progress"] == heads[1].state["progress"], "every event scored exactly once"
+    assert heads[0].state["sequence"] == heads[1].state["sequence"]
