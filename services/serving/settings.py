@@ -19,7 +19,8 @@ class ServingSettings(CommonSettings):
     admin_token: SecretStr | None = Field(None, description="Bearer token for /v1/admin/*; unset: admin off.")
     ort_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads per call.")
     max_batch: int = Field(32, ge=1, le=1024, description="Dynamic batching: most requests per model call.")
-    max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="Dynamic batching: longest wait for company.")
+    max_wait_ms: float = Field(0.0, ge=0.0, le=1000.0, description="Dynamic batching: longest wait for company "
+                               "(0: batch what queued during the previous call, measured best on 2 cores).")
     max_queue: int = Field(1024, ge=1, description="Requests waiting for the model beyond this get 503 "
                            "with Retry-After instead of ever-growing latency.")
     max_text_chars: int = Field(1000, ge=1, description="Longer texts are refused with 422.")

@@ -70,7 +70,14 @@ def test_health_readiness_and_metrics(client: TestClient) -> None:
     assert ready["ready"] and ready["broker"] == "disabled"
     metrics = client.get("/metrics").text
     assert 'loopline_model_info{version="1"} 1.0' in metrics
-    assert 'loopline_requests_total{route="/v1/predict",status="200"}' in metrics
+    assert 'loopline_requests_total{route="/v1/predict",status="200"} 1.0' in metrics
+    assert 'loopline_batches{size="1"} 1.0' in metrics and "loopline_batch_queue_depth 0.0" in metrics
+    assert 'loopline_request_seconds_count{route="/v1/predict"} 1.0' in metrics
+    client.post("/v1/predict", json={"text": ""})
+    client.post("/v1/predict", content=b"x" * 30_000)
+    metrics = client.get("/metrics").text
+    assert 'loopline_requests_total{route="/v1/predict",status="422"} 1.0' in metrics
+    assert 'loopline_requests_total{route="/v1/predict",status="413"} 1.0' in metrics
 
 
 def test_placeholder_admin_token_is_refused_at_start() -> None:
