@@ -1,0 +1,1 @@
+"""The feedback service: join feedback to predictions, learn online, watch drift."""
