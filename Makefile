@@ -30,6 +30,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ftrl_throughput.py
 	$(BIN)/python bench/quantize.py
+	$(BIN)/python bench/serving.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
