@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaTimeoutError
 from kafka.structs import TopicPartition
 
-from infra.broker import DEFAULT_PARTITIONS, FEEDBACK, PREDICTIONS, TOPICS, admin_client, start_broker
+from infra.broker import DEFAULT_PARTITIONS, FEEDBACK, PREDICTIONS, TOPICS, admin_client, create_topics, start_broker
 from infra.mlflow_server import start_mlflow
 from infra.prefect_server import start_prefect
 from infra.process import ManagedProcess, PortInUseError, ProcessError, free_port, port_is_free
@@ -118,7 +119,9 @@ def test_broker_has_the_topics(broker: str) -> None:
 
 
 def test_broker_round_trip_with_a_consumer_group(broker: str) -> None:
-    topic, n = FEEDBACK, 40
+    # A topic of its own: the session broker's `feedback` holds other tests' events.
+    topic, n, partitions = f"round-trip-{uuid.uuid4().hex[:8]}", 40, 4
+    assert create_topics(broker, {topic: partitions}) == [topic]
     producer = KafkaProducer(bootstrap_servers=broker)
     for i in range(n):
         producer.send(topic, key=f"pred-{i}".encode(), value=f"label-{i}".encode())
@@ -135,7 +138,7 @@ def test_broker_round_trip_with_a_consumer_group(broker: str) -> None:
         for records in consumer.poll(timeout_ms=500).values():
             got.update((r.key, r.value) for r in records)
     consumer.commit()
-    committed = sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in range(DEFAULT_PARTITIONS[topic]))
+    committed = sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in range(partitions))
     consumer.close()
     assert got == {f"pred-{i}".encode(): f"label-{i}".encode() for i in range(n)}
     assert committed == n
