@@ -89,7 +89,11 @@ class UpdateFollower:
         return self._count(outcome)
 
     def check_alias(self, notice: int | None = None) -> str:
-        """Load the registry's champion if the alias moved since the served model was loaded."""
+        """Load the registry's champion if the alias moved since the served model was loaded.
+
+        `notice` is set for a `full` event on the topic: it retries a champion refused before
+        (someone may have fixed and announced it); the periodic check does not.
+        """
         if self.champion is None:
             return "other_version"
         try:
@@ -105,6 +109,9 @@ class UpdateFollower:
             log.error("champion v%d not loaded, the previous model keeps serving: %s", champion, exc)
             self._refused = champion
             return "refused"
+        except Exception as exc:  # a registry that went away mid-download: try again later
+            log.warning("champion v%d not fetched, keeping %s: %s", champion, self.last_champion, exc)
+            return "registry_unreachable"
         self.last_champion, self._refused = champion, None
         return "loaded"
 
@@ -131,7 +138,11 @@ class UpdateFollower:
                 if message.error():
                     log.warning("model-updates: %s", message.error())
                     continue
-                self.handle(message.value() or b"")
+                try:
+                    self.handle(message.value() or b"")
+                except Exception:  # one bad update must not end following for good
+                    log.exception("model-updates: event at offset %s not handled", message.offset())
+                    self._count("refused")
         finally:
             if consumer is not None:
                 consumer.close()

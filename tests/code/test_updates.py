@@ -102,3 +102,16 @@ def test_a_refused_champion_is_not_fetched_again_until_announced(store) -> None:
     registry.down = True
     assert follower.check_alias() == "registry_unreachable"
     assert follower.last_champion == 4
+
+
+def test_a_registry_that_fails_mid_load_is_retried_later_not_refused(store) -> None:
+    registry = Registry(champion=8)
+
+    def flaky(version: int) -> None:
+        raise ConnectionError("connection reset while downloading")
+
+    follower = UpdateFollower(store, "m", None, champion=registry.champion, load=flaky, alias_check_s=0)
+    follower.start(serving_champion=4)
+    assert follower.check_alias() == "registry_unreachable"
+    follower.load = registry.load
+    assert follower.check_alias() == "loaded" and follower.last_champion == 8
