@@ -31,6 +31,11 @@ def trained() -> TinyModel:
     return encoder, head, texts
 
 
+def head_copy(head: FTRLProximal) -> FTRLProximal:
+    """A copy a test may train; the session's head stays untouched."""
+    return FTRLProximal.from_bytes(head.to_bytes())
+
+
 def build_bundle(folder: Path, encoder: Encoder, head: FTRLProximal, spec: FeatureSpec = SPEC) -> Path:
     """A bundle folder as the train flow writes it (FP32 ONNX, to keep tests fast)."""
     folder.mkdir(parents=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -93,7 +92,3 @@ def parse(record: Record, classes: Collection[str], sparse_dim: int, dense_dim: 
         return parse_feedback(record, classes, max_bytes)
     return dead_letter(record, "wrong_schema", f"unexpected topic {record.topic}")
 
-
-def describe(letter: DeadLetter) -> str:
-    return json.dumps({"reason": letter.reason, "detail": letter.detail, "where":
-                       f"{letter.topic}[{letter.partition}]@{letter.offset}"})

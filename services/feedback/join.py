@@ -157,12 +157,6 @@ class JoinStore:
         rejected = self.expire(watermark)
         return self.release(watermark), rejected
 
-    def drain(self) -> list[Joined]:
-        """Everything joined, whatever the watermark (at shutdown of a bounded replay)."""
-        self.ready.sort(key=lambda j: j.key)
-        released, self.ready = self.ready, []
-        return released
-
     # -- internals -----------------------------------------------------------------------------
 
     def _join(self, prediction: StoredPrediction, feedback: StoredFeedback) -> None:

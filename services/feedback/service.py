@@ -17,6 +17,7 @@ numbers, which serving skips as already applied.
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import tempfile
@@ -182,8 +183,6 @@ class FeedbackService:
         return reports
 
     def update_event(self, report: WindowReport) -> ModelUpdate:
-        import base64
-
         assert report.delta is not None
         base = self.learner.base_version
         return ModelUpdate(model=self.settings.model_name, kind="delta", version=f"{base}+ftrl.{report.sequence}",

@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 
 from models.catalog import INTENTS
-from models.ftrl import FTRLProximal
 from models.traffic import TrafficConfig, generate
 from models.train import featurize
 from services.common.events import FEEDBACK, PREDICTIONS, FeedbackEvent, LoggedFeatures, PredictionEvent
-from services.feedback.intake import Record
+from services.feedback.intake import Record, dead_letter
 from services.feedback.learner import WindowReport
 from services.feedback.service import FeedbackService
 from services.feedback.settings import FeedbackSettings
-from tests.conftest import SPEC, TinyModel
+from tests.conftest import SPEC, TinyModel, head_copy
 
 PARTITIONS = 4
 T0 = 1_800_000_000.0
@@ -79,9 +78,8 @@ def settings(tmp_path: Path) -> FeedbackSettings:
                             holdout_share=0.15, feedback_wait_s=10.0)
 
 
-def service(settings: FeedbackSettings, trained: TinyModel, folder: Path) -> FeedbackService:
-    trained[1].save(folder / "start.npz")
-    return FeedbackService(settings, start=(FTRLProximal.load(folder / "start.npz"), 1))
+def service(settings: FeedbackSettings, trained: TinyModel) -> FeedbackService:
+    return FeedbackService(settings, start=(head_copy(trained[1]), 1))
 
 
 def collect(reports: list[WindowReport], deltas: dict[int, bytes]) -> None:
@@ -105,7 +103,7 @@ def finish(svc: FeedbackService, deltas: dict[int, bytes]) -> None:
 
 
 def test_windows_are_learned_and_published(settings, trained, tmp_path) -> None:
-    svc, deltas = service(settings, trained, tmp_path), {}
+    svc, deltas = service(settings, trained), {}
     records = stream(trained)
     feed(svc, arrival(records, seed=1), deltas)
     finish(svc, deltas)
@@ -120,12 +118,12 @@ def test_windows_are_learned_and_published(settings, trained, tmp_path) -> None:
 def test_a_restart_from_a_checkpoint_learns_exactly_what_an_uninterrupted_run_does(
         settings, trained, tmp_path, crash_at) -> None:
     records = stream(trained)
-    steady, steady_deltas = service(settings, trained, tmp_path), {}
+    steady, steady_deltas = service(settings, trained), {}
     feed(steady, arrival(records, seed=1), steady_deltas)
     finish(steady, steady_deltas)
 
     order = arrival(records, seed=2)  # another interleaving of the same topics
-    first, deltas = service(settings, trained, tmp_path), {}
+    first, deltas = service(settings, trained), {}
     cut = int(len(order) * crash_at)
     feed(first, order[:cut], deltas)
     first.checkpoints.save(first.checkpoint())
@@ -144,7 +142,7 @@ def test_a_restart_from_a_checkpoint_learns_exactly_what_an_uninterrupted_run_do
 
 
 def test_every_bad_event_goes_to_the_dead_letters_with_its_reason(settings, trained, tmp_path) -> None:
-    svc = service(settings, trained, tmp_path)
+    svc = service(settings, trained)
     good = stream(trained, n=40)
     first_pred = next(r for r in good if r.topic == PREDICTIONS)
     first_fb = next(r for r in good if r.topic == FEEDBACK)
@@ -180,8 +178,6 @@ def test_every_bad_event_goes_to_the_dead_letters_with_its_reason(settings, trai
     assert "order_pizza" in by_reason["unknown_label"].detail
     assert sum(svc.stats.dead_letters.values()) == len(letters) == len(cases) + 2
     assert svc.stats.dead_letters["invalid_json"] == 2 and svc.stats.dead_letters["wrong_schema"] == 2
-    again = svc.take_letters()
-    assert again == [], "taken once"
-    from services.feedback.intake import dead_letter
+    assert svc.take_letters() == [], "taken once"
     assert dead_letter(cases["too_large"], "too_large", "x").event_id == by_reason["too_large"].event_id, \
         "a replay makes the same dead letter id"

@@ -14,7 +14,7 @@ from models.traffic import TrafficConfig, generate
 from models.train import featurize
 from services.feedback.join import Joined, StoredFeedback, StoredPrediction
 from services.feedback.learner import LearnSettings, OnlineLearner
-from tests.conftest import SPEC, TinyModel
+from tests.conftest import SPEC, TinyModel, head_copy
 
 
 def examples(trained: TinyModel, n: int, seed: int, flip: bool = False) -> list[Joined]:
@@ -38,8 +38,7 @@ def examples(trained: TinyModel, n: int, seed: int, flip: bool = False) -> list[
 
 @pytest.fixture
 def learner(trained: TinyModel, tmp_path: Path) -> OnlineLearner:
-    trained[1].save(tmp_path / "head.npz")
-    return OnlineLearner(FTRLProximal.load(tmp_path / "head.npz"), base_version=1,
+    return OnlineLearner(head_copy(trained[1]), base_version=1,
                          settings=LearnSettings(holdout_share=0.2, min_holdout=40))
 
 

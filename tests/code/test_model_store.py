@@ -13,6 +13,7 @@ from models.ftrl import FTRLProximal
 from models.train import featurize
 from services.common.events import ModelUpdate
 from services.serving.model_store import LoadError, ModelStore
+from tests.conftest import head_copy
 
 SPEC = FeatureSpec(bits=12)  # what the tiny_bundle fixture hashes with
 
@@ -29,8 +30,7 @@ def test_load_predict_and_deltas_in_order(trained, tiny_bundle, tmp_path) -> Non
     snapshot, _, proba = store.predict(texts[:20])
     assert snapshot.version == "3" and proba.shape == (20, len(snapshot.classes))
 
-    head.save(tmp_path / "head.npz")
-    learner = FTRLProximal.load(tmp_path / "head.npz")  # a copy: the session's head stays untouched
+    learner = head_copy(head)
     learner.mark()
     batch = featurize(texts[:64], encoder.encode(texts[:64]), SPEC)
     learner.learn_many(batch, np.zeros(64, dtype=np.int64))

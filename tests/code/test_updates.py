@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.ftrl import FTRLProximal
 from models.train import featurize
 from services.common.events import ModelUpdate
 from services.serving.model_store import LoadError, ModelStore
 from services.serving.updates import UpdateFollower
-from tests.conftest import SPEC
+from tests.conftest import SPEC, head_copy
 
 
 class Registry:
@@ -47,8 +46,7 @@ def full(version: int, model: str = "m") -> bytes:
 
 def deltas(trained, tmp_path: Path, base: int, n: int) -> list[bytes]:
     encoder, head, texts = trained
-    head.save(tmp_path / "head.npz")
-    learner = FTRLProximal.load(tmp_path / "head.npz")
+    learner = head_copy(head)
     out = []
     for sequence in range(1, n + 1):
         learner.mark()

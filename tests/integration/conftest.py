@@ -17,6 +17,8 @@ from infra.broker import start_broker
 from infra.mlflow_server import start_mlflow
 from infra.prefect_server import start_prefect
 from infra.process import ManagedProcess, free_port
+from tests.conftest import TinyModel
+from tests.integration.stack import Serving, start_serving
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +47,15 @@ def broker_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Managed
 def broker(broker_process: ManagedProcess) -> str:
     """Bootstrap servers (127.0.0.1:port) of a session Tansu broker with loopline's topics."""
     return broker_process.url
+
+
+@pytest.fixture(scope="module")
+def serving(mlflow_server: str, broker: str, trained: TinyModel,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
+    """`loopline serve` on a fresh model name with v1 as champion, one per test module."""
+    with start_serving(mlflow_server, broker, trained, tmp_path_factory.mktemp("serving-state"),
+                       tmp_path_factory.mktemp("serving-bundles")) as serving:
+        yield serving
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +24,13 @@ from kafka import KafkaProducer
 
 from infra.broker import FEEDBACK, FEEDBACK_DLQ
 from infra.process import ManagedProcess, free_port
+from models.ftrl import FTRLProximal
 from models.traffic import TrafficConfig, generate
 from services.common.events import FeedbackEvent
 from services.feedback.checkpoint import CheckpointStore
 from services.feedback.service import HEAD
-from tests.conftest import TinyModel
 from tests.integration.helpers import read_events, wait_until
-from tests.integration.stack import Serving, bin_command, start_serving
+from tests.integration.stack import Serving, bin_command
 
 pytestmark = pytest.mark.slow
 
@@ -65,14 +64,6 @@ def feedback_service(serving: Serving, state: Path, name: str = "feedback") -> F
            "LOOPLINE_METRICS_PORT": str(port)}
     return Feedback(ManagedProcess(name, bin_command("feedback"), state, env=env, url=f"http://127.0.0.1:{port}"),
                     state)
-
-
-@pytest.fixture(scope="module")
-def serving(mlflow_server: str, broker: str, trained: TinyModel,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
-    with start_serving(mlflow_server, broker, trained, tmp_path_factory.mktemp("loop-serving"),
-                       tmp_path_factory.mktemp("loop-bundles")) as serving:
-        yield serving
 
 
 def traffic(serving: Serving, n: int, seed: int, producer: KafkaProducer, feedback_share: float = 0.8
@@ -155,8 +146,6 @@ def test_killed_at_random_points_it_ends_with_the_head_of_a_run_never_killed(
         restored = CheckpointStore(service.state / "feedback" / "checkpoints").restore().checkpoint
         assert restored is not None
         heads.append(restored)
-    from models.ftrl import FTRLProximal
-
     a, b = (FTRLProximal.from_bytes(c.files[HEAD]) for c in heads)
     for name in ("z_sparse", "n_sparse", "w_sparse", "z_dense", "n_dense", "w_dense"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -22,25 +20,11 @@ from models.ftrl import FTRLProximal
 from models.predict import Predictor
 from services.common.events import ModelUpdate
 from services.common.features import online_user_features, open_store, user_fields
-from tests.conftest import TinyModel
+from tests.conftest import TinyModel, head_copy
 from tests.integration.helpers import read_events, wait_until
-from tests.integration.stack import TOKEN, Serving, start_serving
+from tests.integration.stack import TOKEN, Serving
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def serving(mlflow_server: str, broker: str, trained: TinyModel,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
-    with start_serving(mlflow_server, broker, trained, tmp_path_factory.mktemp("serving-state"),
-                       tmp_path_factory.mktemp("serving-bundles")) as serving:
-        yield serving
-
-
-def _learner(trained: TinyModel, folder: Path) -> FTRLProximal:
-    """A copy of the session head that the test can train without changing the original."""
-    trained[1].save(folder / "learner.npz")
-    return FTRLProximal.load(folder / "learner.npz")
 
 
 def _delta(model: str, learner: FTRLProximal, base: int, sequence: int) -> ModelUpdate:
@@ -110,7 +94,7 @@ def test_hot_swap_under_load_fails_nothing_and_only_moves_forward(serving: Servi
     for thread in threads:
         thread.start()
     try:
-        learner = _learner(trained, serving.work)
+        learner = head_copy(trained[1])
         for sequence in range(1, 16):  # deltas on v1
             learner.mark()
             chunk = texts[sequence * 20:(sequence + 1) * 20]
