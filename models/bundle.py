@@ -5,6 +5,7 @@ A bundle is one folder:
     encoder.onnx        the compiled (fused, INT8) sentence encoder
     tokenizer/          the tokenizer files the encoder was trained with
     head.npz            FTRL state and weights (numpy arrays, never pickle)
+    drift_reference/    optional: held-out rows drift monitoring compares traffic with
     manifest.json       schema version, feature spec, classes, sha256 of every
                         file, metrics, lineage (parent version, offsets, ...)
 
@@ -45,6 +46,7 @@ MANIFEST = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 TOKENIZER_DIR = "tokenizer"
 HEAD_FILE = "head.npz"
+DRIFT_REFERENCE_DIR = "drift_reference"  # optional: what drift monitoring compares traffic with
 
 
 class BundleError(Exception):

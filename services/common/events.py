@@ -30,6 +30,8 @@ class ModelUpdate(Event):
     sequence: int = Field(0, ge=0, description="Online update number on top of base_version.")
     uri: str | None = Field(None, description="models:/name/version for a full version.")
     delta: str | None = Field(None, description="Base64 HeadDelta bytes for a delta update.")
+    window_end: float | None = Field(None, description="For a delta: the event-time end (unix seconds) of the "
+                                     "update window it learned; feedback keyed before it is in this head.")
 
 
 PREDICTIONS = "predictions"
@@ -53,6 +55,7 @@ class PredictionEvent(Event):
     prediction_id: str = Field(min_length=1, max_length=64)
     model_version: str
     user_id: str | None = None
+    user: dict[str, str] | None = Field(None, description="The user features the model was given.")
     text: str
     intent: str
     features: LoggedFeatures

@@ -81,7 +81,7 @@ def parse_prediction(record: Record, sparse_dim: int, dense_dim: int) -> StoredP
     return StoredPrediction(
         event.prediction_id, record.ts, event.model_version, event.user_id, event.text, event.intent,
         max(event.probabilities.values(), default=0.0), np.asarray(features.indices, dtype=np.int64),
-        np.asarray(features.values, dtype=np.float32), embedding)
+        np.asarray(features.values, dtype=np.float32), embedding, event.user)
 
 
 def parse(record: Record, classes: Collection[str], sparse_dim: int, dense_dim: int, max_bytes: int

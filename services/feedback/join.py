@@ -40,6 +40,7 @@ class StoredPrediction:
     indices: np.ndarray  # int64 hashed feature indices
     values: np.ndarray  # float32
     embedding: np.ndarray | None  # float32
+    user: dict[str, str] | None = None  # the user features the model was given
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,7 @@ def _predictions_to_arrays(preds: list[StoredPrediction]) -> dict[str, np.ndarra
     strings = {}
     for name in STRING_FIELDS:
         strings[f"s_{name}"], strings[f"o_{name}"] = _pack([getattr(p, name) or "" for p in preds])
+    strings["s_user"], strings["o_user"] = _pack(["" if p.user is None else json.dumps(p.user) for p in preds])
     return {
         **strings,
         "has_user": np.array([p.user_id is not None for p in preds], dtype=bool),
@@ -291,6 +293,7 @@ def _predictions_from_arrays(f: Any) -> list[StoredPrediction]:
     offsets, indices, values = f["offsets"], f["indices"], f["values"]
     strings = {name: _unpack(f[f"s_{name}"], f[f"o_{name}"]) for name in STRING_FIELDS}
     has_user, ts, confidence = f["has_user"], f["ts"], f["confidence"]
+    users = _unpack(f["s_user"], f["o_user"])
     out = []
     for i in range(len(ts)):
         out.append(StoredPrediction(
@@ -299,7 +302,8 @@ def _predictions_from_arrays(f: Any) -> list[StoredPrediction]:
             user_id=strings["user_id"][i] if has_user[i] else None,
             text=strings["text"][i], intent=strings["intent"][i], confidence=float(confidence[i]),
             indices=indices[offsets[i]:offsets[i + 1]].copy(), values=values[offsets[i]:offsets[i + 1]].copy(),
-            embedding=f["embeddings"][i].copy() if f["has_embedding"][i] else None))
+            embedding=f["embeddings"][i].copy() if f["has_embedding"][i] else None,
+            user=json.loads(users[i]) if users[i] else None))
     return out
 
 

@@ -187,7 +187,7 @@ class FeedbackService:
         base = self.learner.base_version
         return ModelUpdate(model=self.settings.model_name, kind="delta", version=f"{base}+ftrl.{report.sequence}",
                            base_version=base, sequence=report.sequence,
-                           delta=base64.b64encode(report.delta.to_bytes()).decode())
+                           delta=base64.b64encode(report.delta.to_bytes()).decode(), window_end=report.window_end)
 
     def _dead(self, letter: DeadLetter) -> None:
         self.stats.dead_letters[letter.reason] += 1

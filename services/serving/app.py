@@ -151,7 +151,8 @@ class Service:
         self.feature_state = "ok"
         return features
 
-    def answer(self, snapshot: Snapshot, result: Any, request: PredictRequest) -> Prediction:
+    def answer(self, snapshot: Snapshot, result: Any, request: PredictRequest,
+               user: dict[str, Any] | None = None) -> Prediction:
         proba, indices, values, embedding = result
         order = proba.argsort()[::-1][: self.settings.top_k]
         prediction = Prediction(
@@ -159,6 +160,7 @@ class Service:
             probabilities=[IntentProbability(intent=snapshot.classes[i], probability=float(proba[i])) for i in order])
         event = PredictionEvent(
             prediction_id=prediction.prediction_id, model_version=snapshot.version, user_id=request.user_id,
+            user=None if user is None else {k: str(v) for k, v in user.items()},
             text=request.text, intent=prediction.intent,
             features=LoggedFeatures(indices=indices.tolist(), values=values.tolist(),
                                     embedding=None if embedding is None else embedding.tolist()),
@@ -246,7 +248,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             snapshot, result = await service.batcher.submit((request.text, user))
         except BatcherFullError as exc:
             raise HTTPException(503, f"overloaded: {exc}; retry shortly", headers={"Retry-After": "1"}) from exc
-        return service.answer(snapshot, result, request)
+        return service.answer(snapshot, result, request, user)
 
     @app.post("/v1/predict", response_model=Prediction)
     async def predict(request: PredictRequest) -> Prediction:
