@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from loopline.cli_feedback import feedback
+from loopline.cli_feedback import feedback, promote
 from loopline.cli_models import models_app
 from loopline.cli_train import flows_app, serve_api, train
 from loopline.ui import console, fail, progress_display
@@ -23,6 +23,7 @@ app.add_typer(flows_app, name="flows")
 app.command()(train)
 app.command("serve")(serve_api)
 app.command("feedback")(feedback)
+app.command("promote")(promote)
 
 
 @data_app.command("generate")

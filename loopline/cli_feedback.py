@@ -32,7 +32,11 @@ def feedback() -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    serve_metrics(service, settings.metrics_port)
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    try:
+        serve_metrics(service, settings.metrics_port, token)
+    except OSError as exc:
+        fail(f"cannot listen on 127.0.0.1:{settings.metrics_port} ({exc}); set LOOPLINE_METRICS_PORT")
     learner = service.learner
     console.print(f"feedback service: v{learner.base_version}+ftrl.{learner.sequence}, windows of "
                   f"{settings.update_interval_s:g} s, metrics on http://127.0.0.1:{settings.metrics_port}/metrics")
@@ -40,3 +44,31 @@ def feedback() -> None:
         service.run(stop)
     except ServiceError as exc:
         fail(str(exc))
+
+
+def promote() -> None:
+    """Register the feedback service's online head as a registry version now; move `champion` if it passes."""
+    import httpx
+    from pydantic import ValidationError
+
+    from services.feedback.settings import FeedbackSettings
+
+    try:
+        settings = FeedbackSettings()
+    except ValidationError as exc:
+        fail(describe_invalid(exc))
+    url = f"http://127.0.0.1:{settings.metrics_port}/promote"
+    headers = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"} if settings.admin_token else {}
+    with console.status("waiting for the next update window to finish..."):
+        try:
+            response = httpx.post(url, headers=headers, timeout=330)
+        except httpx.HTTPError as exc:
+            fail(f"no feedback service at {url} ({exc}): is `loopline feedback` running with this "
+                 "LOOPLINE_METRICS_PORT?")
+    body = response.json() if response.headers.get("content-type") == "application/json" else {}
+    detail = body.get("detail", response.text)
+    if response.status_code != 200:
+        fail(f"promote refused ({response.status_code}): {detail}")
+    status, version = body["status"], body.get("version")
+    color = {"promoted": "green", "registered": "yellow"}.get(status, "white")
+    console.print(f"[{color}]{status}[/]" + (f" v{version}" if version is not None else "") + f": {detail}")

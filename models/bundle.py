@@ -12,6 +12,12 @@ A bundle is one folder:
 Whoever loads a bundle checks every file against the manifest first, so a
 truncated download or a swapped file is refused instead of served.
 
+A head-only bundle (`link_head`) is what online learning registers every few
+minutes: its own head.npz plus a manifest whose `linked` entry says which registry
+version holds every other file. The manifest still lists their sha256, so once
+`complete_links` has put the base version's files next to the head, the bundle
+verifies exactly like a full one: the encoder is stored once, not per version.
+
 >>> import tempfile
 >>> from models.ftrl import FTRLProximal
 >>> folder = Path(tempfile.mkdtemp())
@@ -33,9 +39,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +70,15 @@ class Manifest:
     lineage: dict[str, Any] = field(default_factory=dict)  # parent_version, data hash, offsets, ...
     schema_version: int = SCHEMA_VERSION
     created_at: float = 0.0
+    linked: dict[str, Any] = field(default_factory=dict)  # {"model", "version": N, "files"}: stored with N
+
+    @property
+    def linked_version(self) -> int | None:
+        return int(self.linked["version"]) if self.linked else None
+
+    @property
+    def linked_files(self) -> frozenset[str]:
+        return frozenset(self.linked.get("files", ()))
 
     def to_json(self) -> str:
         body = asdict(self)
@@ -110,10 +126,14 @@ def write_manifest(
     manifest = Manifest(tuple(classes), spec, files, dict(encoder),
                         {k: float(v) for k, v in (metrics or {}).items()}, dict(lineage or {}),
                         created_at=time.time())
+    _write(folder, manifest)
+    return manifest
+
+
+def _write(folder: Path, manifest: Manifest) -> None:
     tmp = folder / f".{MANIFEST}.tmp"
     tmp.write_text(manifest.to_json())
     tmp.replace(folder / MANIFEST)
-    return manifest
 
 
 def read_manifest(folder: str | Path) -> Manifest:
@@ -126,21 +146,59 @@ def read_manifest(folder: str | Path) -> Manifest:
         raise BundleError(f"{path}: unreadable manifest ({exc})") from exc
 
 
-def verify_bundle(folder: str | Path) -> Manifest:
-    """The manifest, after checking that every listed file exists with its sha256 and nothing is extra."""
+def verify_bundle(folder: str | Path, allow_links: bool = False) -> Manifest:
+    """The manifest, after checking that every listed file exists with its sha256 and nothing is extra.
+
+    With `allow_links`, files the manifest says are stored with another version may be absent
+    (a head-only bundle before `complete_links`).
+    """
     folder = Path(folder)
     manifest = read_manifest(folder)
     for required in (ENCODER_FILE, HEAD_FILE):
         if required not in manifest.files:
             raise BundleError(f"{required}: not listed in the manifest")
     present = {p.relative_to(folder).as_posix() for p in _payload_files(folder)}
-    missing = sorted(set(manifest.files) - present)
+    absent_ok = manifest.linked_files - present if allow_links else frozenset()
+    missing = sorted(set(manifest.files) - present - absent_ok)
     if missing:
-        raise BundleError(f"{missing[0]}: missing from the bundle")
+        hint = f" (stored with version {manifest.linked_version})" if missing[0] in manifest.linked_files else ""
+        raise BundleError(f"{missing[0]}: missing from the bundle{hint}")
     for name, expected in manifest.files.items():
+        if name in absent_ok:
+            continue
         if sha256_file(folder / name) != expected:
             raise BundleError(f"{name}: sha256 mismatch (the file changed after the manifest was written)")
     extra = sorted(present - set(manifest.files))
     if extra:
         raise BundleError(f"{extra[0]}: not listed in the manifest")
     return manifest
+
+
+def link_head(out: str | Path, base: str | Path, head_bytes: bytes, model: str, base_version: int,
+              metrics: Mapping[str, float] | None = None, lineage: Mapping[str, Any] | None = None) -> Manifest:
+    """Write a head-only bundle to `out`: this head, and every other file of the bundle `base` (version
+    `base_version` of registered model `model`) by reference. A base that is itself head-only passes its
+    own reference on, so a link always points at the version that stores the files."""
+    out, base_manifest = Path(out), verify_bundle(base, allow_links=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / HEAD_FILE).write_bytes(head_bytes)
+    shared = sorted(name for name in base_manifest.files if name != HEAD_FILE)
+    stored_with = base_manifest.linked_version if base_manifest.linked else base_version
+    files = {name: base_manifest.files[name] for name in shared} | {HEAD_FILE: sha256_file(out / HEAD_FILE)}
+    manifest = replace(base_manifest, files=files, metrics={k: float(v) for k, v in (metrics or {}).items()},
+                       lineage=dict(lineage or {}), created_at=time.time(),
+                       linked={"model": model, "version": stored_with, "files": shared})
+    _write(out, manifest)
+    return manifest
+
+
+def complete_links(folder: str | Path, source: str | Path) -> Manifest:
+    """Copy the files a head-only bundle links to from `source` (the linked version's bundle), then verify."""
+    folder, source = Path(folder), Path(source)
+    manifest = verify_bundle(folder, allow_links=True)
+    for name in sorted(manifest.linked_files):
+        target = folder / name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, target)
+    return verify_bundle(folder)

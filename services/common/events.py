@@ -71,7 +71,7 @@ class FeedbackEvent(Event):
 
 
 DeadLetterReason = Literal["invalid_json", "wrong_schema", "unknown_label", "duplicate", "unmatched",
-                           "already_labeled", "too_large"]
+                           "already_labeled", "too_large", "stale_model"]
 
 
 class DeadLetter(Event):

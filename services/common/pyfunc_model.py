@@ -10,19 +10,24 @@ reviewed code and reads numpy/ONNX files whose sha256 the manifest vouches for.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from models.features import USER_FIELDS
 from models.predict import Predictor
+from services.common.registry import resolve_links
 
 
 class LooplineModel(PythonModel):
     """DataFrame with a `text` column (and optionally user attributes) -> intent and confidence."""
 
     def load_context(self, context: PythonModelContext) -> None:
-        self.predictor = Predictor(context.artifacts["bundle"])
+        bundle = Path(context.artifacts["bundle"])
+        resolve_links(bundle)  # a version registered by online learning shares its encoder with its base
+        self.predictor = Predictor(bundle)
 
     # No type hints here: MLflow would try to derive a schema from them; the logged signature says it.
     def predict(self, context, model_input, params=None):

@@ -22,7 +22,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema
 
-from models.bundle import verify_bundle
+from models.bundle import complete_links, verify_bundle
 from models.features import USER_FIELDS
 from services.common.settings import CommonSettings
 
@@ -83,7 +83,7 @@ class Registry:
 
     def register(self, bundle_dir: Path, tags: Mapping[str, Any], description: str = "") -> Version:
         """Log the bundle as a pyfunc model in the active run and register it as a new version."""
-        verify_bundle(bundle_dir)
+        verify_bundle(bundle_dir, allow_links=True)
         run = mlflow.active_run()
         if run is not None:
             # A retried register must not create a second version for the same run.
@@ -191,7 +191,31 @@ class Registry:
         if bundle is None:
             shutil.rmtree(target, ignore_errors=True)
             raise RegistryError(f"version {version} holds no loopline bundle")
+        resolve_links(bundle, self.name)
         return bundle
+
+    def find_tagged(self, key: str, value: str) -> Version | None:
+        """The newest version carrying tag `key` = `value` (how a replayed registration finds its version)."""
+        try:
+            found = self.client.search_model_versions(f"name='{self.name}'")
+        except MlflowException:
+            return None
+        matches = [int(mv.version) for mv in found if mv.tags.get(key) == value]
+        return self.get(max(matches)) if matches else None
+
+
+def resolve_links(bundle: Path, model: str | None = None) -> None:
+    """Fetch the files a head-only bundle shares with the version that stores them (no-op for a full one)."""
+    manifest = verify_bundle(bundle, allow_links=True)
+    if all((bundle / name).is_file() for name in manifest.linked_files):
+        return
+    name = manifest.linked.get("model") or model
+    with tempfile.TemporaryDirectory(dir=bundle.parent) as tmp:
+        uri = f"models:/{name}/{manifest.linked_version}"
+        source = _bundle_path(Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)))
+        if source is None:
+            raise RegistryError(f"{uri}, which stores the encoder of this version, holds no loopline bundle")
+        complete_links(bundle, source)
 
 
 def _bundle_path(model_dir: Path) -> Path | None:

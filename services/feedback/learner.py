@@ -92,6 +92,20 @@ class Progress:
                    Counter(d["per_intent_correct"]))
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """The live head against another on the held-back set (paired, as the window gate judges)."""
+
+    examples: int
+    live_accuracy: float
+    other_accuracy: float
+    live_worse: bool  # the live head loses to the other by more than the margin allows
+
+    def describe(self) -> str:
+        return (f"held-back accuracy {self.live_accuracy:.4f} vs {self.other_accuracy:.4f} "
+                f"on {self.examples} examples")
+
+
 class OnlineLearner:
     """FTRL head + the live head serving has + the held-back set that judges updates."""
 
@@ -153,6 +167,22 @@ class OnlineLearner:
         self.live = self.live.apply(delta)
         self.sequence += 1
         return replace(report, decision="published", sequence=self.sequence, delta=delta)
+
+    def compare(self, other: ServingHead) -> Comparison | None:
+        """How the live head does against `other` (e.g. the registry version it started from), or None
+        before `min_holdout` examples are held back."""
+        if len(self.holdout) < self.settings.min_holdout:
+            return None
+        judge = self.batch(list(self.holdout))
+        truth = np.array([self.model.class_index[j.feedback.label] for j in self.holdout])
+        live_right = self.live.predict_proba_many(judge).argmax(axis=1) == truth
+        other_right = other.predict_proba_many(judge).argmax(axis=1) == truth
+        return Comparison(len(truth), float(live_right.mean()), float(other_right.mean()),
+                          self._worse(other_right, live_right))
+
+    def rebase(self, version: int) -> None:
+        """The live head became registry version `version`: later deltas count from there."""
+        self.base_version, self.sequence = version, 0
 
     def _undo(self, state: RowState) -> None:
         # Back to exactly the live head, with nothing pending: the next delta starts from here, and a

@@ -1,11 +1,16 @@
-"""Prometheus view of the feedback service, read from its state at scrape time."""
+"""The feedback service's own port: Prometheus metrics (read from its state at scrape time), health,
+and `POST /promote`, which `loopline promote` calls. It listens on 127.0.0.1 only."""
 
 from __future__ import annotations
 
+import hmac
+import json
+import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -48,10 +53,70 @@ class FeedbackCollector(Collector):
         pending.add_metric(["feedback_waiting"], len(s.store.waiting))
         pending.add_metric(["joined_unreleased"], len(s.store.ready))
         yield pending
+        registrations = CounterMetricFamily("loopline_feedback_registrations",
+                                            "Online head registry versions and base changes", labels=["outcome"])
+        for outcome, n in s.stats.registrations.items():
+            registrations.add_metric([outcome], n)
+        yield registrations
+        if s.observer is not None:
+            observed = CounterMetricFamily("loopline_feedback_observer", "Drift windows, alerts, Feast pushes",
+                                           labels=["outcome"])
+            for outcome, n in s.observer.outcomes.items():
+                observed.add_metric([outcome], n)
+            yield observed
+            if (last := s.observer.last) is not None:
+                yield GaugeMetricFamily("loopline_feedback_drift_share", "Drift share of the last drift window",
+                                        value=last.drift_share)
+                yield GaugeMetricFamily("loopline_feedback_drift_accuracy", "Served accuracy in the last drift "
+                                        "window", value=last.accuracy)
 
 
-def serve_metrics(service: FeedbackService, port: int, host: str = "127.0.0.1") -> None:
-    """GET /metrics on host:port in a daemon thread (also what health checks ask)."""
+def serve_metrics(service: FeedbackService, port: int, token: str | None = None,
+                  host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """GET /metrics and /healthz, POST /promote on host:port, in a daemon thread."""
     registry = CollectorRegistry()
     registry.register(FeedbackCollector(service))
-    start_http_server(port, addr=host, registry=registry)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif self.path == "/healthz":
+                learner = service.learner
+                self._json(200, {"status": "ok", "version": f"{learner.base_version}+ftrl.{learner.sequence}",
+                                 "checkpoint": service.checkpoint_number})
+            else:
+                self._json(404, {"detail": "not found: GET /metrics, GET /healthz, POST /promote"})
+
+        def do_POST(self) -> None:
+            if self.path != "/promote":
+                self._json(404, {"detail": "not found: POST /promote"})
+                return
+            given = self.headers.get("Authorization", "").removeprefix("Bearer ").encode()
+            if token is not None and not hmac.compare_digest(given, token.encode()):
+                self._json(401, {"detail": "missing or wrong bearer token (LOOPLINE_ADMIN_TOKEN)"})
+                return
+            try:
+                result = service.request_promotion()
+            except TimeoutError:
+                self._json(504, {"detail": "the service did not reach a window boundary in time"})
+                return
+            self._json(200 if result["status"] in ("promoted", "registered", "unchanged") else 503, result)
+
+        def _json(self, status: int, body: dict[str, Any]) -> None:
+            self._send(status, json.dumps(body).encode(), "application/json")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # scrapes every few seconds are not news
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="feedback-http", daemon=True).start()
+    return server

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, SecretStr
 
 from services.common.settings import CommonSettings
 
@@ -26,3 +28,23 @@ class FeedbackSettings(CommonSettings):
     checkpoint_interval_s: float = Field(10.0, gt=0.0, description="Wall time between checkpoints.")
     checkpoints_kept: int = Field(3, ge=2)
     metrics_port: int = Field(8001, ge=1, le=65535, description="Health and Prometheus metrics.")
+    registry_interval_s: float = Field(300.0, ge=0.0, description="Event time between registry versions of "
+                                       "the online head; 0: only on `loopline promote`.")
+    champion_check_s: float = Field(30.0, gt=0.0, description="How often the registry's champion is checked "
+                                    "(a retrain that moved it restarts learning from it).")
+    admin_token: SecretStr | None = Field(None, description="Bearer token `loopline promote` must send; "
+                                          "unset: promote needs none (the port listens on 127.0.0.1 only).")
+    drift: bool = Field(True, description="Monitor drift (needs a drift reference in the model bundle).")
+    drift_window_events: int = Field(2_000, ge=1, description="A drift window closes after this many events...")
+    drift_window_s: float = Field(60.0, gt=0.0, description="...or after this many seconds.")
+    drift_min_events: int = Field(200, ge=1, description="A timed-out drift window waits for this many events.")
+    drift_share_threshold: float = Field(0.3, gt=0.0, le=1.0, description="Share of drifted columns that "
+                                         "counts as drift.")
+    drift_accuracy_drop: float = Field(0.05, ge=0.0, le=1.0, description="Accuracy below the reference's by "
+                                       "this much, together with drift, emits loopline.drift.detected.")
+    drift_alert_cooldown_s: float = Field(1800.0, ge=0.0, description="At most one drift event (retrain) "
+                                          "per this many seconds.")
+    drift_experiment: str = Field("loopline-drift", description="MLflow experiment of the drift reports.")
+    push_user_stats: bool = Field(True, description="Push per-user correction stats to Feast.")
+    feast_state_dir: Path | None = Field(None, description="State folder of the Feast store serving reads; "
+                                         "default: state_dir.")

@@ -1,0 +1,209 @@
+"""What the feedback service reports beside learning: drift per window and per-user stats to Feast.
+
+It runs in a thread of its own so that an Evidently run (1-2 s), an MLflow upload or
+a slow feature store never delays an update window. The learning loop hands it
+every released window (`observe`) and the per-user stats that changed; it feeds
+the `DriftMonitor`, and for each finished drift window logs the HTML report and its
+numbers to MLflow and, on an alert, emits the Prefect event `loopline.drift.detected`
+(at most once per `drift_alert_cooldown_s`), which triggers the retrain deployment.
+
+Both are side effects outside the checkpoint: after a crash the windows replayed
+since the last checkpoint are observed again (a drift window may count them twice,
+pushes rewrite the same absolute stats), which is harmless for monitoring.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from services.feedback.drift import DriftMonitor, DriftResult, DriftSettings, Reference
+from services.feedback.join import Joined
+from services.feedback.settings import FeedbackSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UserStat:
+    user_id: str
+    corrections_count: int
+    last_corrected_intent: str
+    ts: float
+
+
+@dataclass(frozen=True)
+class _Window:
+    examples: Sequence[Joined]
+    stats: Sequence[UserStat]
+
+
+@dataclass(frozen=True)
+class _NewReference:
+    reference: Reference | None
+    version: int
+
+
+class Observer:
+    """A worker thread fed with released windows; counts what it did for /metrics."""
+
+    def __init__(self, settings: FeedbackSettings, reference: Reference | None, version: int) -> None:
+        self.settings = settings
+        self.drift_settings = DriftSettings(
+            window_events=settings.drift_window_events, window_seconds=settings.drift_window_s,
+            min_events=min(settings.drift_min_events, settings.drift_window_events),
+            drift_share_threshold=settings.drift_share_threshold, accuracy_drop=settings.drift_accuracy_drop)
+        self.outcomes: Counter[str] = Counter()
+        self.last: DriftResult | None = None
+        self.version = version
+        self._monitor = self._make_monitor(reference)
+        self._queue: queue.Queue[_Window | _NewReference | None] = queue.Queue(maxsize=64)
+        self._last_alert = -float("inf")
+        self._store: Any = None
+        self._thread = threading.Thread(target=self._run, name="feedback-observer", daemon=True)
+        self._thread.start()
+
+    def observe(self, examples: Sequence[Joined], stats: Sequence[UserStat]) -> None:
+        """Hand over one released window (blocks only if the worker is 64 windows behind)."""
+        if examples or stats:
+            self._queue.put(_Window(examples, stats))
+
+    def new_reference(self, reference: Reference | None, version: int) -> None:
+        """The base version changed to one with another encoder: compare with its reference from now on."""
+        self._queue.put(_NewReference(reference, version))
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _make_monitor(self, reference: Reference | None) -> DriftMonitor | None:
+        if reference is None or not self.settings.drift:
+            return None
+        return DriftMonitor(reference, self.settings.state_dir / "evidently", self.settings.model_name,
+                            self.drift_settings)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                if isinstance(item, _NewReference):
+                    self.version, self._monitor = item.version, self._make_monitor(item.reference)
+                    continue
+                if item.stats:
+                    self._push(item.stats)
+                if self._monitor is not None and item.examples:
+                    self._drift(item.examples)
+            except Exception:  # monitoring must never take learning down with it
+                log.exception("observer: a window was not fully observed")
+                self.outcomes["failed"] += 1
+
+    # -- drift ---------------------------------------------------------------------------------
+
+    def _drift(self, examples: Sequence[Joined]) -> None:
+        monitor = self._monitor
+        assert monitor is not None
+        usable = [j for j in examples if j.prediction.embedding is not None]
+        if not usable:
+            return
+        monitor.add(
+            texts=[j.prediction.text for j in usable],
+            embeddings=np.stack([j.prediction.embedding for j in usable]),  # type: ignore[misc]
+            predicted=[j.prediction.intent for j in usable],
+            confidence=np.array([j.prediction.confidence for j in usable]),
+            users=[j.prediction.user for j in usable],
+            correct=np.array([j.prediction.intent == j.feedback.label for j in usable]))
+        now = time.time()
+        if not monitor.due(now):
+            return
+        result = monitor.run(now)
+        self.last = result
+        self.outcomes["drift_windows"] += 1
+        self._log_to_mlflow(result)
+        if result.alert:
+            self.outcomes["alerts"] += 1
+            self._alert(result, now)
+
+    def _log_to_mlflow(self, result: DriftResult) -> None:
+        import mlflow
+
+        from services.common.registry import Registry
+
+        try:
+            registry = Registry(self.settings)
+            experiment = registry.client.get_experiment_by_name(self.settings.drift_experiment)
+            experiment_id = (experiment.experiment_id if experiment is not None
+                             else registry.client.create_experiment(self.settings.drift_experiment))
+            with mlflow.start_run(experiment_id=experiment_id, run_name=f"drift-window-{result.window}"):
+                mlflow.log_metrics({"drift_share": result.drift_share, "accuracy": result.accuracy,
+                                    "baseline_accuracy": result.baseline_accuracy, "n_events": result.n_events,
+                                    **{f"score.{k}": v for k, v in result.scores.items()}})
+                mlflow.set_tags({"model": self.settings.model_name, "base_version": self.version,
+                                 "alert": result.alert, "drifted_columns": ",".join(result.drifted_columns),
+                                 "evidently_snapshot": result.snapshot_id})
+                mlflow.log_artifact(str(result.report_path), "drift")
+            self.outcomes["logged"] += 1
+        except Exception as exc:  # the registry being down costs the log, not the monitoring
+            log.warning("drift window %d not logged to MLflow: %s", result.window, exc)
+            self.outcomes["log_failed"] += 1
+
+    def _alert(self, result: DriftResult, now: float) -> None:
+        cooldown = self.settings.drift_alert_cooldown_s
+        if now - self._last_alert < cooldown:
+            log.info("drift alert within %.0f s of the last one: no second retrain", cooldown)
+            self.outcomes["alerts_suppressed"] += 1
+            return
+        if not os.environ.get("PREFECT_API_URL"):
+            log.warning("drift alert, but PREFECT_API_URL is not set: no retrain triggered")
+            self.outcomes["alerts_not_emitted"] += 1
+            return
+        from flows.deployments import emit_drift_detected
+
+        emit_drift_detected(self.settings.model_name, {
+            "window": result.window, "drift_share": result.drift_share, "accuracy": result.accuracy,
+            "baseline_accuracy": result.baseline_accuracy, "drifted_columns": list(result.drifted_columns),
+            "base_version": self.version, "snapshot_id": result.snapshot_id})
+        self._last_alert = now
+        self.outcomes["events_emitted"] += 1
+        log.warning("emitted loopline.drift.detected for drift window %d", result.window)
+
+    # -- Feast -----------------------------------------------------------------------------------
+
+    def _push(self, stats: Sequence[UserStat]) -> None:
+        if not self.settings.push_user_stats:
+            return
+        from services.common.features import open_store, push_user_stats
+
+        if self._store is None:
+            self._store = open_store(self.settings.feast_state_dir or self.settings.state_dir,
+                                     repo=self.settings.feature_repo, apply=False)
+        frame = pd.DataFrame({
+            "user_id": [s.user_id for s in stats],
+            "corrections_count": [s.corrections_count for s in stats],
+            "last_corrected_intent": [s.last_corrected_intent for s in stats],
+            "event_timestamp": pd.to_datetime([s.ts for s in stats], unit="s", utc=True)})
+        try:
+            push_user_stats(self._store, frame)
+            self.outcomes["users_pushed"] += len(stats)
+        except Exception as exc:
+            log.warning("user stats not pushed to Feast (%d users): %s", len(stats), exc)
+            self.outcomes["push_failed"] += 1
+
+
+def load_reference(bundle: Path) -> Reference | None:
+    from models.bundle import DRIFT_REFERENCE_DIR
+
+    folder = bundle / DRIFT_REFERENCE_DIR
+    if not folder.is_dir():
+        log.warning("%s has no drift reference: drift monitoring is off for this version", bundle.name)
+        return None
+    return Reference.load(folder)

@@ -1,0 +1,152 @@
+"""Registry versions from the online head: register it, move `champion` when it passes, follow retrains.
+
+Every `registry_interval_s` of event time, and when someone runs `loopline promote`,
+the live head (what serving answers with) becomes a full MLflow version: a head-only
+bundle whose encoder, tokenizer and drift reference stay stored with the version that
+holds them (`models.bundle.link_head`), tagged with its lineage (`source=online`,
+parent version, sequence, consumed offsets, progressive metrics). `champion` moves to
+it only if the registry's champion is still the version the deltas are built on and
+the live head is not worse than that version on the held-back examples.
+
+A registration is keyed by `online.head` = "<parent>+ftrl.<sequence>", so a replay
+after a crash finds the version it made before instead of making a second one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from models.bundle import ENCODER_FILE, HEAD_FILE, link_head, verify_bundle
+from models.ftrl import FTRLProximal
+from models.serving_head import ServingHead
+from services.common.registry import Registry, Version
+from services.feedback.learner import Comparison, OnlineLearner
+from services.feedback.settings import FeedbackSettings
+
+log = logging.getLogger(__name__)
+HEAD_TAG = "online.head"
+
+
+@dataclass(frozen=True)
+class Registered:
+    version: int
+    promoted: bool
+    reason: str
+    reused: bool  # found from an earlier run of the same registration (a replay)
+
+
+class BaseBundles:
+    """Verified local copies of registry versions, one folder per version under the state folder."""
+
+    def __init__(self, registry: Registry, folder: Path) -> None:
+        self.registry = registry
+        self.folder = folder
+
+    def get(self, version: int) -> Path:
+        target = self.folder / f"v{version}"
+        if target.is_dir():
+            try:
+                verify_bundle(target)
+                return target
+            except Exception as exc:  # damaged on disk: fetch it again
+                log.warning("local copy of v%d unusable (%s); downloading again", version, exc)
+                shutil.rmtree(target)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.folder) as tmp:
+            bundle = self.registry.download(version, Path(tmp) / "download")
+            verify_bundle(bundle)
+            bundle.rename(target)  # whole or not at all
+        for old in sorted(self.folder.glob("v*"), key=lambda p: p.stat().st_mtime)[:-3]:
+            shutil.rmtree(old, ignore_errors=True)  # the base, its predecessor and one spare are enough
+        return target
+
+    def head(self, version: int) -> FTRLProximal:
+        return FTRLProximal.load(self.get(version) / HEAD_FILE)
+
+    def inputs(self, version: int) -> tuple[str, str]:
+        """What a head of this version takes as input: the encoder (by sha256) and the feature spec.
+        Heads with equal inputs can learn from each other's logged predictions."""
+        manifest = verify_bundle(self.get(version))
+        return manifest.files[ENCODER_FILE], json.dumps(manifest.spec.to_dict(), sort_keys=True)
+
+
+class VersionKeeper:
+    """Registers the online head and judges whether it may become the champion."""
+
+    def __init__(self, settings: FeedbackSettings, registry: Registry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or Registry(settings)
+        self.bundles = BaseBundles(self.registry, settings.state_dir / "feedback" / "bundles")
+
+    def champion(self) -> Version | None:
+        return self.registry.champion()
+
+    def register(self, learner: OnlineLearner, offsets: dict[str, int], trigger: str) -> Registered:
+        """The live head as a new version (or the one an earlier run of this registration made)."""
+        base, key = learner.base_version, f"{learner.base_version}+ftrl.{learner.sequence}"
+        existing = self.registry.find_tagged(HEAD_TAG, key)
+        comparison = learner.compare(ServingHead.from_model(self.bundles.head(base)))
+        if existing is not None:
+            version, reused = existing, True
+            log.info("v%d already holds %s (registered before a restart)", existing.version, key)
+        else:
+            version, reused = self._register(learner, key, offsets, trigger, comparison), False
+        champion = self.champion()
+        if champion is not None and champion.version == version.version:
+            return Registered(version.version, True, "already champion", reused)
+        if champion is not None and champion.version != base:
+            reason = f"champion is v{champion.version}, not v{base} the online head was built on"
+        elif comparison is None:
+            reason = f"fewer than {learner.settings.min_holdout} held-back examples to judge by"
+        elif comparison.live_worse:
+            reason = f"worse than v{base}: {comparison.describe()}"
+        else:
+            reason = f"online head {key} not worse than v{base}: {comparison.describe()} ({trigger})"
+            self.registry.promote(version.version, reason)
+            self._tag(version.version, "deploy.decision", f"promoted: {reason}")
+            return Registered(version.version, True, reason, reused)
+        self._tag(version.version, "deploy.decision", f"kept champion: {reason}")
+        log.info("v%d registered, champion not moved: %s", version.version, reason)
+        return Registered(version.version, False, reason, reused)
+
+    def _register(self, learner: OnlineLearner, key: str, offsets: dict[str, int], trigger: str,
+                  comparison: Comparison | None) -> Version:
+        base, progress = learner.base_version, learner.progress
+        metrics = {"progressive_accuracy": progress.accuracy if progress.examples else 0.0,
+                   "progressive_log_loss": progress.log_loss / progress.examples if progress.examples else 0.0,
+                   "progressive_examples": float(progress.examples)}
+        if comparison is not None:
+            metrics |= {"holdout_accuracy": comparison.live_accuracy,
+                        "holdout_accuracy_parent": comparison.other_accuracy}
+        lineage = {"source": "online", "parent_version": base, "sequence": learner.sequence, HEAD_TAG: key,
+                   "offsets": offsets, "trigger": trigger}
+        tags: dict[str, Any] = {"source": "online", "parent_version": base, "online.sequence": learner.sequence,
+                                HEAD_TAG: key, "online.trigger": trigger,
+                                "online.offsets": json.dumps(offsets, sort_keys=True)[:5000],
+                                **{f"metric.{k}": f"{v:.4f}" for k, v in metrics.items()}}
+        description = (f"Online head {key}: FTRL updates on joined feedback on top of v{base}, "
+                       f"{progress.examples} examples scored before learning "
+                       f"(accuracy {metrics['progressive_accuracy']:.4f})"
+                       + (f"; {comparison.describe()} (online vs v{base})" if comparison is not None else "")
+                       + f". Encoder shared with v{base}'s storage, not copied. Trigger: {trigger}.")
+        with tempfile.TemporaryDirectory(dir=self.bundles.folder.parent) as tmp:
+            bundle = Path(tmp) / "bundle"
+            link_head(bundle, self.bundles.get(base), learner.model.to_bytes(), self.registry.name, base,
+                      metrics, lineage)
+            with mlflow.start_run(experiment_id=self.registry.experiment_id(), run_name=f"online-{key}"):
+                mlflow.log_metrics(metrics)
+                mlflow.log_params({"parent_version": base, "sequence": learner.sequence, "trigger": trigger})
+                version = self.registry.register(bundle, tags, description)
+        log.info("registered the online head %s as v%d", key, version.version)
+        return version
+
+    def _tag(self, version: int, key: str, value: str) -> None:
+        self.registry.client.set_model_version_tag(self.registry.name, str(version), key, value[:500])
