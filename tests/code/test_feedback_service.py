@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import random
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ PARTITIONS = 4
 T0 = 1_800_000_000.0
 
 
-def stream(trained: TinyModel, n: int = 900, seed: int = 21) -> list[Record]:
+def stream(trained: TinyModel, n: int = 900, seed: int = 21, version: str = "1") -> list[Record]:
     """Predictions and their feedback as serving and users would produce them, per partition in time order."""
     encoder = trained[0]
     events = generate(TrafficConfig(n_events=n, n_users=60, seed=seed)).events
@@ -38,7 +39,7 @@ def stream(trained: TinyModel, n: int = 900, seed: int = 21) -> list[Record]:
         pid = f"pred-{seed}-{i}"
         ts = T0 + i * 0.02
         prediction = PredictionEvent(
-            prediction_id=pid, model_version="1", user_id=row.user_id, text=row.text, intent=row.true_label,
+            prediction_id=pid, model_version=version, user_id=row.user_id, text=row.text, intent=row.true_label,
             features=LoggedFeatures(indices=csr.indices[csr.indptr[i]:csr.indptr[i + 1]].tolist(),
                                     values=csr.data[csr.indptr[i]:csr.indptr[i + 1]].tolist(),
                                     embedding=batch.dense[i].tolist()),
@@ -181,3 +182,77 @@ def test_every_bad_event_goes_to_the_dead_letters_with_its_reason(settings, trai
     assert svc.take_letters() == [], "taken once"
     assert dead_letter(cases["too_large"], "too_large", "x").event_id == by_reason["too_large"].event_id, \
         "a replay makes the same dead letter id"
+
+
+def test_feedback_on_predictions_of_a_version_with_other_inputs_is_dead_lettered(settings, trained) -> None:
+    svc = service(settings, trained)
+    ours, theirs = stream(trained, n=200, seed=5, version="1+ftrl.3"), stream(trained, n=60, seed=6, version="9")
+    for record in sorted(ours + [replace(r, partition=r.partition + PARTITIONS) for r in theirs],
+                         key=lambda r: r.ts):
+        svc.process(record, now=record.ts)
+    assert svc.check_champion_now, "a prediction by a newer version makes the service look at the registry"
+    svc.tick(now=0.0, flush=True)
+    n_theirs = sum(r.topic == FEEDBACK for r in theirs)
+    assert svc.stats.dead_letters == {"stale_model": n_theirs}
+    assert svc.learner.progress.examples == sum(r.topic == FEEDBACK for r in ours)
+    assert all("9" in letter.detail for letter in svc.take_letters())
+
+
+def test_corrections_per_user_are_counted_for_feast(settings, trained) -> None:
+    svc = service(settings, trained)
+    records = stream(trained, n=300, seed=8)
+    for record in records:
+        svc.process(record, now=record.ts)
+    svc.tick(now=0.0, flush=True)
+    served = {r.key: PredictionEvent.model_validate_json(r.value) for r in records if r.topic == PREDICTIONS}
+    expected: dict[str, int] = {}
+    for r in records:
+        if r.topic == FEEDBACK:
+            event, label = served[r.key], FeedbackEvent.model_validate_json(r.value).label
+            if label != event.intent and event.user_id is not None:
+                expected[event.user_id] = expected.get(event.user_id, 0) + 1
+    assert expected, "the stream has corrections (label noise)"
+    assert {u: c for u, (c, _, _) in svc.corrections.items()} == expected
+    restored = FeedbackService(settings, start=(head_copy(trained[1]), 1))
+    assert restored.corrections == {}
+    svc.checkpoints.save(svc.checkpoint())
+    assert FeedbackService(settings).corrections == svc.corrections, "kept in the checkpoint"
+
+
+def test_scheduled_registrations_fall_on_the_same_heads_in_a_replay(settings, trained) -> None:
+    settings = settings.model_copy(update={"registry_interval_s": 4.0})
+    records = stream(trained)
+
+    def run(svc: FeedbackService, records: list[Record], points: list[tuple[int, float]], end: bool) -> None:
+        def tick(flush: bool) -> None:
+            while True:
+                svc.tick(now=0.0, flush=flush)
+                if svc.registration_due is None:
+                    return
+                points.append((svc.learner.sequence, svc.next_registration or 0.0))
+                svc.registration_due = None  # what run() does: register, then go on
+
+        for i, record in enumerate(records):
+            svc.process(record, now=record.ts)
+            if i % 40 == 0:
+                tick(flush=False)
+        if end:
+            tick(flush=True)
+
+    keeper = object()  # tick only asks whether there is one; registering is run()'s business
+    steady_points: list[tuple[int, float]] = []
+    steady = FeedbackService(settings, start=(head_copy(trained[1]), 1), keeper=keeper)  # type: ignore[arg-type]
+    run(steady, arrival(records, 1), steady_points, end=True)
+    assert len(steady_points) >= 2
+
+    first = FeedbackService(settings, start=(head_copy(trained[1]), 1), keeper=keeper)  # type: ignore[arg-type]
+    order = arrival(records, seed=3)
+    points: list[tuple[int, float]] = []
+    run(first, order[:len(order) // 2], points, end=False)
+    first.checkpoints.save(first.checkpoint())
+    resumed = FeedbackService(settings, keeper=keeper)  # type: ignore[arg-type]
+    replayed = len(points)
+    rest = [r for r in order if r.offset >= resumed.offsets.get(f"{r.topic}:{r.partition}", 0)]
+    run(resumed, rest, points, end=True)
+    assert points[:replayed] == steady_points[:replayed] and points == steady_points
+    np.testing.assert_array_equal(resumed.learner.model.w_sparse, steady.learner.model.w_sparse)
