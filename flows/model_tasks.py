@@ -1,4 +1,4 @@
-"""Flow tasks that build the model: embed, train the head, compile and quantize, bundle, gate.
+"""Flow tasks that build the model: embed, train the head, compile and quantize, drift reference, bundle, gate.
 
 Embedding and compiling are the expensive pure steps: cached on their inputs, their
 task source and `fingerprint` (models source, runtime versions, encoder folder files).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
@@ -24,7 +24,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from flows import progress
 from flows.config import TrainConfig
 from flows.gates import GateReport, check_gates
-from models.bundle import ENCODER_FILE, HEAD_FILE, TOKENIZER_DIR, write_manifest
+from models.bundle import DRIFT_REFERENCE_DIR, ENCODER_FILE, HEAD_FILE, TOKENIZER_DIR, write_manifest
 from models.catalog import INTENTS
 from models.compile import export_onnx, optimize_onnx
 from models.encoder import Encoder
@@ -33,6 +33,7 @@ from models.ftrl import FTRLProximal
 from models.predict import Predictor
 from models.quantize import QuantizeConfig, latency_samples, quantize_onnx, summarize_latency
 from models.train import HeadConfig, featurize, train_head
+from services.feedback.drift import DriftSettings, Reference, build_reference
 
 CACHE_TTL = timedelta(days=7)
 
@@ -107,9 +108,21 @@ def compile_encoder(encoder_ref: str, quantize: str, code: str) -> Compiled:
 
 
 @task
+def drift_reference(texts: list[str], embeddings: np.ndarray, proba: np.ndarray, classes: Sequence[str],
+                    users: list[dict[str, Any] | None] | None, truth: list[str]) -> Reference:
+    """What drift monitoring compares traffic with: held-out rows and the trained head's answers on them."""
+    picked = proba.argmax(axis=1)
+    predicted = [classes[i] for i in picked]
+    correct = np.array([p == t for p, t in zip(predicted, truth, strict=True)])
+    return build_reference(texts, embeddings, predicted, proba[np.arange(len(picked)), picked],
+                           users if users is not None else [None] * len(texts), correct,
+                           n_components=DriftSettings().n_components)  # the monitor refuses any other K
+
+
+@task
 def build_bundle(compiled: Compiled, head: FTRLProximal, encoder_ref: str, metrics: dict[str, float],
-                 lineage: dict[str, Any], out: Path) -> Path:
-    """Write encoder, tokenizer, head and the manifest that vouches for them."""
+                 lineage: dict[str, Any], out: Path, reference: Reference | None = None) -> Path:
+    """Write encoder, tokenizer, head, drift reference and the manifest that vouches for them."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -117,6 +130,8 @@ def build_bundle(compiled: Compiled, head: FTRLProximal, encoder_ref: str, metri
     encoder = load_encoder(encoder_ref)
     encoder.tokenizer.save_pretrained(out / TOKENIZER_DIR)
     head.save(out / HEAD_FILE)
+    if reference is not None:
+        reference.save(out / DRIFT_REFERENCE_DIR)
     write_manifest(out, FeatureSpec(), INTENTS,
                    encoder={"dim": encoder.dim, "max_length": encoder.max_length, "ref": encoder_ref,
                             **compiled.report},
@@ -125,7 +140,7 @@ def build_bundle(compiled: Compiled, head: FTRLProximal, encoder_ref: str, metri
 
 
 @task
-def gate(reference: np.ndarray, bundle: Path, texts: list[str], users: list[dict[str, Any] | None] | None,
+def gate(fp32_proba: np.ndarray, bundle: Path, texts: list[str], users: list[dict[str, Any] | None] | None,
          truth: list[str], config: TrainConfig) -> tuple[GateReport, np.ndarray]:
     """Compare the deployable bundle with the torch FP32 model; raise GateFailed if it is off."""
     predictor = Predictor(bundle)
@@ -142,7 +157,7 @@ def gate(reference: np.ndarray, bundle: Path, texts: list[str], users: list[dict
     measurements = {"torch_fp32_ms_p50": torch_ms, "compiled_ms_p50": compiled_ms,  # batch 1, one thread
                     "speedup": torch_ms / compiled_ms,
                     "size_mb": (bundle / ENCODER_FILE).stat().st_size / 1e6}
-    report = check_gates(reference, proba, truth, INTENTS, config.min_agreement, config.max_accuracy_drop,
+    report = check_gates(fp32_proba, proba, truth, INTENTS, config.min_agreement, config.max_accuracy_drop,
                          measurements)
     return report, proba
 

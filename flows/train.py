@@ -1,9 +1,9 @@
 """The slow path: train -> quantize -> compile -> gate -> register -> deploy, as a Prefect flow.
 
 The flow only orchestrates; the tasks live in data_tasks (traffic, Feast),
-model_tasks (embed, head, compile, bundle, gate; the expensive ones cached) and
-registry_tasks (score the champion, register, deploy, announce; retried, deploy
-never cached).
+model_tasks (embed, head, compile, drift reference, bundle, gate; the expensive
+ones cached) and registry_tasks (score the champion, register, deploy, announce;
+retried, deploy never cached).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger
 from flows.config import TrainConfig
 from flows.data_tasks import join_user_features, load_data, materialize_features
 from flows.gates import GateFailed, GateReport
-from flows.model_tasks import build_bundle, compile_encoder, embed, fingerprint, fit_head, gate
+from flows.model_tasks import build_bundle, compile_encoder, drift_reference, embed, fingerprint, fit_head, gate
 from flows.registry_tasks import announce, code_version, deploy, register, score_champion
 from models.catalog import INTENTS
 from models.evaluate import Evaluation, evaluate, plot_confusion
@@ -66,8 +66,8 @@ def train_flow(config: TrainConfig | None = None) -> TrainResult:
             head = fit_head(texts[train_rows], embeddings[train_rows], users[train_rows] if users else None,
                             list(data.events["label"])[train_rows], config.epochs, config.seed)
             eval_batch = featurize(eval_texts, embeddings[eval_rows], FeatureSpec(), eval_users)
-            reference = head.predict_proba_many(eval_batch)
-            fp32 = evaluate(reference, truth, INTENTS)
+            fp32_proba = head.predict_proba_many(eval_batch)
+            fp32 = evaluate(fp32_proba, truth, INTENTS)
             mlflow.log_metrics(fp32.metrics("fp32_"))
             compiled = compile_encoder(config.encoder, config.quantize, code)
             mlflow.log_dict(compiled.report, "quantization_report.json")
@@ -76,9 +76,11 @@ def train_flow(config: TrainConfig | None = None) -> TrainResult:
             lineage = {"data_hash": data.data_hash, "scenario": data.scenario, "code_version": code_version(),
                        "parent_version": parent.version if parent else None, "source": "train",
                        "train_run_id": run.info.run_id}
-            bundle = build_bundle(compiled, head, config.encoder, fp32.metrics("fp32_"), lineage, bundle_dir)
+            reference = drift_reference(eval_texts, embeddings[eval_rows], fp32_proba, head.classes, eval_users, truth)
+            bundle = build_bundle(compiled, head, config.encoder, fp32.metrics("fp32_"), lineage, bundle_dir,
+                                  reference)
             try:
-                report, proba = gate(reference, bundle, eval_texts, eval_users, truth, config)
+                report, proba = gate(fp32_proba, bundle, eval_texts, eval_users, truth, config)
             except GateFailed as exc:
                 mlflow.log_dict(exc.report.to_dict(), "gate_report.json")
                 mlflow.set_tag("gate_failure", str(exc)[:500])

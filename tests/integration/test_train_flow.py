@@ -28,9 +28,11 @@ from flows.gates import GateFailed
 from flows.train import TrainResult
 from loopline.cli import app
 from loopline.ui import console
+from models.bundle import DRIFT_REFERENCE_DIR, verify_bundle
 from models.catalog import INTENTS
 from services.common.registry import CHALLENGER, CHAMPION, Registry
 from services.common.settings import CommonSettings
+from services.feedback.drift import DriftSettings, Reference
 
 pytestmark = pytest.mark.slow
 SMALL = {"encoder": "tiny", "n_events": 1_500, "n_users": 200, "epochs": 2, "seed": 3}
@@ -105,6 +107,23 @@ def test_champion_loads_as_pyfunc_and_predicts_texts(
     assert list(out["intent"]) == direct.predict(texts)
     with_users = model.predict(pd.DataFrame({"text": texts, "device": ["ios", "android", None]}))
     assert list(with_users["intent"]) == direct.predict(texts, [{"device": "ios"}, {"device": "android"}, None])
+
+
+def test_the_bundle_carries_a_drift_reference_of_the_eval_rows(
+    settings: CommonSettings, first_run: TrainResult, tmp_path: Path
+) -> None:
+    bundle = Registry(settings).download(first_run.version, tmp_path)
+    assert any(name.startswith(f"{DRIFT_REFERENCE_DIR}/") for name in verify_bundle(bundle).files), \
+        "the manifest must vouch for the reference"
+    reference = Reference.load(bundle / DRIFT_REFERENCE_DIR)
+    run = mlflow.get_run(first_run.run_id).data
+    assert len(reference.frame) == min(int(run.params["n_eval"]), 5_000)
+    assert reference.n_components == DriftSettings().n_components
+    # the head's FP32 answers on the eval rows: exactly the logged FP32 accuracy, near the compiled one
+    assert reference.accuracy == pytest.approx(run.metrics["fp32_accuracy"], abs=1e-9)
+    assert reference.accuracy == pytest.approx(first_run.metrics["accuracy"], abs=0.02)
+    assert set(reference.frame["predicted_intent"]) <= set(INTENTS)
+    assert (reference.frame["device"] != "unknown").any(), "eval rows carry their users' features"
 
 
 def _scramble_embeddings(quantize: Callable[..., Path]) -> Callable[..., Path]:
