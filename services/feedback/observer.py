@@ -184,13 +184,14 @@ class Observer:
         from services.common.features import open_store, push_user_stats
 
         if self._store is None:
-            self._store = open_store(self.settings.feast_state_dir or self.settings.state_dir,
-                                     repo=self.settings.feature_repo, apply=False)
+            state = self.settings.feast_state_dir or self.settings.state_dir
+            self._store = open_store(state / "feast", repo=self.settings.feature_repo, apply=False)  # serving's
         frame = pd.DataFrame({
             "user_id": [s.user_id for s in stats],
             "corrections_count": [s.corrections_count for s in stats],
             "last_corrected_intent": [s.last_corrected_intent for s in stats],
-            "event_timestamp": pd.to_datetime([s.ts for s in stats], unit="s", utc=True)})
+            # microseconds: the offline file's time type (nanoseconds would be refused as losing data)
+            "event_timestamp": pd.to_datetime([s.ts for s in stats], unit="s", utc=True).floor("us")})
         try:
             push_user_stats(self._store, frame)
             self.outcomes["users_pushed"] += len(stats)

@@ -46,5 +46,5 @@ class FeedbackSettings(CommonSettings):
                                           "per this many seconds.")
     drift_experiment: str = Field("loopline-drift", description="MLflow experiment of the drift reports.")
     push_user_stats: bool = Field(True, description="Push per-user correction stats to Feast.")
-    feast_state_dir: Path | None = Field(None, description="State folder of the Feast store serving reads; "
+    feast_state_dir: Path | None = Field(None, description="State folder whose feast/ store serving reads; "
                                          "default: state_dir.")

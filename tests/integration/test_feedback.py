@@ -13,8 +13,6 @@ import random
 import signal
 import threading
 import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -23,50 +21,15 @@ import pytest
 from kafka import KafkaProducer
 
 from infra.broker import FEEDBACK, FEEDBACK_DLQ
-from infra.process import ManagedProcess, free_port
 from models.ftrl import FTRLProximal
 from models.traffic import TrafficConfig, generate
 from services.common.events import FeedbackEvent
 from services.feedback.checkpoint import CheckpointStore
 from services.feedback.service import HEAD
 from tests.integration.helpers import read_events, wait_until
-from tests.integration.stack import Serving, bin_command
+from tests.integration.stack import Serving, feedback_service
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Feedback:
-    process: ManagedProcess
-    state: Path
-
-    def metric(self, name: str, label: str = "") -> float:
-        text = httpx.get(f"{self.process.url}/metrics", timeout=5).text
-        wanted = f"{name}{{{label}}}" if label else name
-        for line in text.splitlines():
-            if line.startswith(wanted + " "):
-                return float(line.split()[-1])
-        return 0.0
-
-    def start(self) -> None:
-        self.process.start_healthy(lambda: httpx.get(f"{self.process.url}/metrics", timeout=2).status_code == 200,
-                                   timeout=120)
-
-
-def feedback_service(serving: Serving, state: Path, name: str = "feedback", **settings: str) -> Feedback:
-    """`loopline feedback` against the serving fixture's broker, registry and Feast store; versions are
-    registered only on `loopline promote` unless `settings` say otherwise."""
-    port = free_port()
-    env = {**os.environ, "LOOPLINE_STATE_DIR": str(state),
-           "LOOPLINE_MLFLOW_TRACKING_URI": serving.settings.tracking_uri,
-           "LOOPLINE_KAFKA_BOOTSTRAP_SERVERS": serving.settings.kafka_bootstrap_servers or "",
-           "LOOPLINE_MODEL_NAME": serving.settings.model_name, "LOOPLINE_GROUP_ID": f"fb-{uuid.uuid4().hex[:8]}",
-           "LOOPLINE_UPDATE_INTERVAL_S": "1", "LOOPLINE_MIN_HOLDOUT": "10", "LOOPLINE_HOLDOUT_SHARE": "0.2",
-           "LOOPLINE_CHECKPOINT_INTERVAL_S": "1", "LOOPLINE_FEEDBACK_WAIT_S": "5", "LOOPLINE_IDLE_S": "1",
-           "LOOPLINE_METRICS_PORT": str(port), "LOOPLINE_FEAST_STATE_DIR": str(serving.settings.state_dir),
-           "LOOPLINE_REGISTRY_INTERVAL_S": "0", **{f"LOOPLINE_{k.upper()}": v for k, v in settings.items()}}
-    return Feedback(ManagedProcess(name, bin_command("feedback"), state, env=env, url=f"http://127.0.0.1:{port}"),
-                    state)
 
 
 def traffic(serving: Serving, n: int, seed: int, producer: KafkaProducer, feedback_share: float = 0.8
