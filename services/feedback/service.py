@@ -43,6 +43,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Pro
 from models.ftrl import FTRLProximal
 from services.common.events import FEEDBACK, FEEDBACK_DLQ, MODEL_UPDATES, PREDICTIONS, DeadLetter, ModelUpdate
 from services.feedback.checkpoint import Checkpoint, CheckpointStore
+from services.feedback.history import decode, published_deltas, same_delta, sync_delta
 from services.feedback.intake import Record, parse, rejected_letter
 from services.feedback.join import (
     Joined,
@@ -99,6 +100,9 @@ class FeedbackService:
         self.check_champion_now = False
         self._asked: set[int] = set()
         self._promotions: queue.Queue[Future[dict[str, Any]]] = queue.Queue()
+        self._published: dict[int, ModelUpdate] = {}  # deltas on the base version found at start, by sequence
+        self._servers: str | None = None
+        self.last_window_end: float | None = None
         self.checkpoints = CheckpointStore(settings.state_dir / "feedback" / "checkpoints", settings.checkpoints_kept)
         self.stats = Stats(Counter(), Counter(), Counter())
         self.offsets: dict[str, int] = {}  # "topic:partition" -> next offset to read
@@ -214,6 +218,7 @@ class FeedbackService:
                 break
             examples = self._learnable(self.store.release(end))
             report = self.learner.learn_window(examples, end)
+            self.last_window_end = end
             self.stats.windows[report.decision] += 1
             reports.append(report)
             log.info("window up to %.1f: %s", end, report.describe())
@@ -300,6 +305,8 @@ class FeedbackService:
         })
         consumer.subscribe([PREDICTIONS, FEEDBACK], on_assign=self._on_assign)
         self._start_observer()
+        self._servers = servers
+        self._published = self._published_on_base()
         last_checkpoint = time.monotonic()
         next_champion_check = 0.0 if self.keeper is not None else math.inf
         self._save_now = False
@@ -313,9 +320,8 @@ class FeedbackService:
                     next_champion_check = time.monotonic() + self.settings.champion_check_s
                     self._follow_champion(producer)
                 for report in self.tick(time.time()):
-                    if report.decision == "published":
-                        self._send(producer, MODEL_UPDATES, self.settings.model_name,
-                                   self.update_event(report).model_dump_json().encode())
+                    if report.decision == "published" and self._publish(producer, report) == "synced":
+                        break  # the sync delta carries the head after every window of this tick
                 if self.registration_due is not None:
                     self._register(self.registration_due, producer)
                 while not self._promotions.empty():
@@ -377,6 +383,7 @@ class FeedbackService:
                  self.learner.sequence, version)
         self.learner.rebase(version)
         self.accepted_bases.add(version)
+        self._published = self._published_on_base()  # a replay past a promotion meets its own deltas
         self.stats.registrations["rebased"] += 1
         if announce:
             name = self.settings.model_name
@@ -418,6 +425,7 @@ class FeedbackService:
         same_inputs = bundles.inputs(version) == bundles.inputs(old.base_version)
         self.learner = OnlineLearner(head, version, self._learn_settings())
         self.learner.progress = old.progress
+        self._published = self._published_on_base()
         if same_inputs:
             self.learner.holdout.extend(j for j in old.holdout if j.feedback.label in head.class_index)
         self.accepted_bases = (self.accepted_bases if same_inputs else set()) | {version}
@@ -427,6 +435,42 @@ class FeedbackService:
         log.warning("champion moved from v%d to v%d: learning on from it (%s)", old.base_version, version,
                     "same inputs, held-back examples kept" if same_inputs else
                     "other encoder: feedback on older predictions goes to the dead letters as stale_model")
+        self._save_now = True
+
+    def _published_on_base(self) -> dict[int, ModelUpdate]:
+        """Deltas on the base version already in `model-updates` (what serving may hold), by sequence."""
+        if self.keeper is None or not self._servers:
+            return {}
+        found = published_deltas(self._servers, self.settings.model_name, self.learner.base_version)
+        return {u.sequence: u for u in found}
+
+    def _publish(self, producer: Producer, report: WindowReport) -> str:
+        """Send a published window's delta, or a sync delta if an earlier history numbered it otherwise."""
+        assert report.delta is not None
+        earlier = self._published.get(report.sequence)
+        if earlier is not None and not same_delta(decode(earlier), report.delta):
+            self._sync(producer, report)
+            return "synced"
+        self._send(producer, MODEL_UPDATES, self.settings.model_name,
+                   self.update_event(report).model_dump_json().encode())
+        return "sent"
+
+    def _sync(self, producer: Producer, report: WindowReport) -> None:
+        """One delta from what serving holds (base + the published deltas) to the live head, which by now
+        includes every window learned in this tick."""
+        assert self.keeper is not None
+        base, published = self.learner.base_version, sorted(self._published.values(), key=lambda u: u.sequence)
+        delta = sync_delta(self.learner.live, self.keeper.bundles.head(base), published)
+        sequence = self.learner.sequence = published[-1].sequence + 1
+        self._send(producer, MODEL_UPDATES, self.settings.model_name, ModelUpdate(
+            model=self.settings.model_name, kind="delta", version=f"{base}+ftrl.{sequence}", base_version=base,
+            sequence=sequence, delta=base64.b64encode(delta.to_bytes()).decode(),
+            window_end=self.last_window_end).model_dump_json().encode())
+        log.warning("v%d+ftrl.%d was published from another history (a lost state folder?): published "
+                    "v%d+ftrl.%d with this head's weights on the %d coordinates either touched", base,
+                    report.sequence, base, sequence, len(delta.rows))
+        self._published = {}
+        self.stats.registrations["synced"] += 1
         self._save_now = True
 
     def _start_observer(self) -> None:

@@ -22,11 +22,14 @@ import pytest
 
 from infra.broker import FEEDBACK
 from models.bundle import ENCODER_FILE, HEAD_FILE, verify_bundle
+from models.ftrl import FTRLProximal
 from models.predict import Predictor
 from models.traffic import TrafficConfig, generate
 from services.common.events import FeedbackEvent, ModelUpdate
 from services.common.features import online_user_features, open_store
 from services.common.registry import _bundle_path
+from services.feedback.checkpoint import CheckpointStore
+from services.feedback.service import HEAD
 from services.feedback.versions import HEAD_TAG
 from tests.conftest import TinyModel, head_copy
 from tests.integration.helpers import wait_until
@@ -112,6 +115,35 @@ def test_promote_registers_the_online_head_as_a_version_that_shares_the_encoder(
         assert again.metric("loopline_feedback_base_version") == 2
     finally:
         again.process.stop()
+
+
+def test_a_service_that_lost_its_state_brings_serving_to_its_own_head(serving: Serving, tmp_path: Path) -> None:
+    """The state folder that made v2's deltas is gone: the new service's deltas differ from the published ones
+    with the same numbers, which serving would skip as applied; it publishes one sync delta after them."""
+    champion = serving.registry.champion()
+    assert champion is not None and serving.current().startswith(f"{champion.version}+ftrl."), serving.current()
+    before = int(serving.current().split(".")[-1])
+    predictor = Predictor(serving.registry.download(champion.version, tmp_path / "base"))
+
+    service = feedback_service(serving, tmp_path / "fresh")
+    service.start()
+    try:
+        converse(serving, generate(TrafficConfig(n_events=200, n_users=40, seed=44)).events, seed=44)
+        assert wait_until(lambda: int(serving.current().split(".")[-1]) > before, 60), service.process.log_tail()
+        assert service.metric("loopline_feedback_registrations_total", 'outcome="synced"') == 1
+        assert serving.metric("loopline_model_updates", outcome="gap") == 0
+
+        def agree() -> bool:  # once idle, serving answers exactly with the service's head
+            checkpoint = CheckpointStore(tmp_path / "fresh" / "feedback" / "checkpoints", 3).restore().checkpoint
+            assert checkpoint is not None
+            predictor.head = FTRLProximal.from_bytes(checkpoint.files[HEAD])
+            texts = ["turn on the wifi", "play some jazz", "what's the weather tomorrow", "call mum"]
+            served = [serving.predict(t)["probabilities"][0]["probability"] for t in texts]
+            return bool(np.allclose(served, predictor.predict_proba(texts).max(axis=1), atol=1e-5))
+
+        assert wait_until(agree, 60)
+    finally:
+        service.process.stop()
 
 
 def test_new_phrasing_is_learned_flagged_as_drift_and_triggers_a_retrain(
