@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ftrl_throughput.py
 	$(BIN)/python bench/quantize.py
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/recovery.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
