@@ -103,6 +103,7 @@ class FeedbackService:
         self._published: dict[int, ModelUpdate] = {}  # deltas on the base version found at start, by sequence
         self._servers: str | None = None
         self.last_window_end: float | None = None
+        self._save_now = False  # a base change is checkpointed at once
         self.checkpoints = CheckpointStore(settings.state_dir / "feedback" / "checkpoints", settings.checkpoints_kept)
         self.stats = Stats(Counter(), Counter(), Counter())
         self.offsets: dict[str, int] = {}  # "topic:partition" -> next offset to read
@@ -309,7 +310,6 @@ class FeedbackService:
         self._published = self._published_on_base()
         last_checkpoint = time.monotonic()
         next_champion_check = 0.0 if self.keeper is not None else math.inf
-        self._save_now = False
         try:
             while not stop.is_set():
                 for message in consumer.consume(num_messages=1000, timeout=0.1):
