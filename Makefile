@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/quantize.py
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/recovery.py
+	$(BIN)/python bench/freshness.py --skip-recovery
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
