@@ -198,6 +198,8 @@ def complete_links(folder: str | Path, source: str | Path) -> Manifest:
     manifest = verify_bundle(folder, allow_links=True)
     for name in sorted(manifest.linked_files):
         target = folder / name
+        if name not in manifest.files or not target.resolve().is_relative_to(folder.resolve()):
+            raise BundleError(f"{name}: a linked file must be a listed file inside the bundle")
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / name, target)

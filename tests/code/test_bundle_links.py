@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,18 @@ def test_a_linked_file_that_differs_from_the_manifest_is_refused(tmp_path: Path)
     link_head(tmp_path / "v4", base, b"head", "intent", 3)
     (base / ENCODER_FILE).write_bytes(b"another graph")  # the stored version changed under the link
     with pytest.raises(BundleError, match="sha256 mismatch"):
+        complete_links(tmp_path / "v4", base)
+
+
+def test_a_link_that_points_outside_the_bundle_is_refused(tmp_path: Path) -> None:
+    base = full_bundle(tmp_path / "v3")
+    link_head(tmp_path / "v4", base, b"head", "intent", 3)
+    manifest = json.loads((tmp_path / "v4" / "manifest.json").read_text())
+    manifest["linked"]["files"].append("../escaped.txt")
+    manifest["files"]["../escaped.txt"] = "0" * 64
+    (tmp_path / "v4" / "manifest.json").write_text(json.dumps(manifest))
+    (base / "../escaped.txt").write_text("x")
+    with pytest.raises(BundleError, match="inside the bundle"):
         complete_links(tmp_path / "v4", base)
 
 
