@@ -28,10 +28,11 @@ from services.common.events import MODEL_UPDATES, ModelUpdate
 log = logging.getLogger(__name__)
 
 
-def published_deltas(servers: str, model: str, base_version: int, quiet_s: float = 2.0,
-                     timeout_s: float = 60.0) -> list[ModelUpdate]:
+def published_deltas(servers: str, model: str, base_version: int, quiet_s: float = 2.0, first_s: float = 15.0,
+                     timeout_s: float = 120.0) -> list[ModelUpdate]:
     """Every delta on `base_version` in the topic, read from the beginning until it is quiet for `quiet_s`
-    (the broker's high watermark is not trusted: Tansu has reported wrong ones)."""
+    after a record, or for `first_s` if none comes (joining and the first fetch take seconds on a busy
+    broker; the broker's high watermark is not trusted: Tansu has reported wrong ones)."""
     consumer = Consumer({"bootstrap.servers": servers, "group.id": f"loopline-history-{uuid.uuid4().hex}",
                          "enable.auto.commit": False, "fetch.message.max.bytes": 64 * 1024 * 1024})
     found: list[ModelUpdate] = []
@@ -40,12 +41,12 @@ def published_deltas(servers: str, model: str, base_version: int, quiet_s: float
         if topic is None or topic.error is not None or not topic.partitions:
             return []
         consumer.assign([TopicPartition(MODEL_UPDATES, p, OFFSET_BEGINNING) for p in topic.partitions])
-        deadline, quiet_since = time.monotonic() + timeout_s, time.monotonic()
-        while time.monotonic() - quiet_since < quiet_s and time.monotonic() < deadline:
+        deadline, quiet_since, wait = time.monotonic() + timeout_s, time.monotonic(), first_s
+        while time.monotonic() - quiet_since < wait and time.monotonic() < deadline:
             message = consumer.poll(0.5)
             if message is None or message.error():
                 continue
-            quiet_since = time.monotonic()
+            quiet_since, wait = time.monotonic(), quiet_s
             try:
                 update = ModelUpdate.model_validate_json(message.value() or b"")
             except ValidationError:
