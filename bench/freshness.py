@@ -87,7 +87,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -464,7 +464,10 @@ def start_feedback(shared: Shared, run_dir: Path, broker: str, interval: float, 
     env = loopline_env(state_dir=str(run_dir / "feedback-state"), mlflow_tracking_uri=shared.mlflow.url,
                        kafka_bootstrap_servers=broker, model_name=shared.model_name,
                        group_id=f"freshness-{uuid.uuid4().hex[:8]}", update_interval_s=f"{interval:g}",
-                       metrics_port=str(port))
+                       metrics_port=str(port),
+                       # Per-user stats go to the Feast store serving reads, as in a deployment (the service's
+                       # own state folder is fresh per run, so that no checkpoint carries over).
+                       feast_state_dir=str(shared.state))
     env.update(extra)
     proc = ManagedProcess("feedback", bin_command("feedback"), run_dir, env=env, url=f"http://{HOST}:{port}")
     return proc.start_healthy(lambda: http_get(proc.url, "/metrics", 2)[0] == 200, START_TIMEOUT)
@@ -514,13 +517,15 @@ def read_updates(broker: str, model: str) -> list[dict[str, Any]]:
     try:
         partitions = sorted(consumer.list_topics(MODEL_UPDATES, timeout=10).topics[MODEL_UPDATES].partitions)
         consumer.assign([TopicPartition(MODEL_UPDATES, p, OFFSET_BEGINNING) for p in partitions])
-        updates, at_end, deadline = [], set(), time.monotonic() + 30
+        updates: list[dict[str, Any]] = []
+        at_end: set[int] = set()
+        deadline = time.monotonic() + 30
         while len(at_end) < len(partitions) and time.monotonic() < deadline:
             message = consumer.poll(1.0)
             if message is None:
                 continue
             if message.error():
-                at_end.add(message.partition())
+                at_end.add(message.partition() or 0)
                 continue
             update = ModelUpdate.model_validate_json(message.value() or b"")
             if update.model == model:
@@ -555,7 +560,7 @@ class StageTimer:
     """CPU time (this thread) spent inside chosen functions, patched in place and restored on exit."""
 
     def __init__(self) -> None:
-        self.cpu: Counter[str] = Counter()
+        self.cpu: defaultdict[str, float] = defaultdict(float)
         self.calls: Counter[str] = Counter()
         self._patched: list[tuple[Any, str, Any]] = []
         self._gc_started = 0.0
@@ -652,13 +657,13 @@ def profile_service(shared: Shared, rate: float, interval: float, args: argparse
             settings = FeedbackSettings(state_dir=Path(tmp), update_interval_s=interval,
                                         kafka_bootstrap_servers=None, **overrides)
             service = FeedbackService(settings, start=(FTRLProximal.load(shared.bundle / HEAD_FILE), CHAMPION))
-            t0 = math.floor(time.time())
+            t0 = float(math.floor(time.time()))
             service.watermark.track([(t, p) for t in (PREDICTIONS, FEEDBACK) for p in range(4)], t0)
             if timer is not None:
                 for owner, name, label in in_process + in_tick + in_window + in_checkpoint:
                     timer.wrap(owner, name, label)
-            cpu: Counter[str] = Counter()
-            last_tick = last_checkpoint = t0
+            cpu: defaultdict[str, float] = defaultdict(float)
+            last_tick = last_checkpoint = float(t0)
             feedback = 0
             for n, record in enumerate(synthetic_records(pool, rate, seconds, args.feedback_delay, t0)):
                 start = time.thread_time()
@@ -782,6 +787,11 @@ def labelled(values: dict[str, float], name: str) -> dict[str, float]:
     return {key.split('"')[1]: v for key, v in values.items() if key.startswith(name + "{")}
 
 
+def _kill_if_alive(proc: Any) -> None:
+    if proc.is_alive():
+        proc.kill()
+
+
 def run_once(shared: Shared, rate: float, interval: float, round_no: int, args: argparse.Namespace,
              held_back: Callable[[str], bool]) -> dict[str, Any]:
     run_dir = shared.work / f"run-{rate:g}-{interval:g}s-round{round_no}"
@@ -815,7 +825,7 @@ def run_once(shared: Shared, rate: float, interval: float, round_no: int, args: 
         procs = {key: ctx.Process(target=targets[key], args=(plan, counters), name=key) for key, plan in plans.items()}
         for proc in procs.values():
             proc.start()
-            stack.callback(lambda p=proc: p.is_alive() and p.kill())
+            stack.callback(_kill_if_alive, proc)
         managed = {"broker": broker, "serving": serving, "feedback": feedback}
         if shared.mlflow is not None:
             managed["mlflow"] = shared.mlflow
@@ -943,20 +953,20 @@ def analyze(rate: float, interval: float, held_back: Callable[[str], bool], upda
                 continue
             t0 = ts_ms / 1000
             k = math.floor(t0 / interval) + 1  # the window [(k-1)I, kI) ends at kI
-            i = by_window.get(k)
-            if i is None:  # rejected by the gate (or, past the last published window, never released)
+            learned_by = by_window.get(k)
+            if learned_by is None:  # rejected by the gate (or, past the last published window, never released)
                 outcome["window_not_published" if k < last_window else "window_not_published_by_end"] += 1
                 continue
             # A record consumed after its window was released (a backlog) is joined late and learned in a
             # later window: then the first delta published after it was consumed is the earliest it can be in.
             consumed = consumed_at(t0, index, source)
             j = bisect.bisect_left(on_topic, consumed)
-            answered = max(visible[i], visible[j] if j < len(visible) else math.inf)
+            answered = max(visible[learned_by], visible[j] if j < len(visible) else math.inf)
             if not math.isfinite(answered):
                 outcome["not_seen_by_end"] += 1
                 continue
             outcome["learned"] += 1
-            if answered > visible[i]:
+            if answered > visible[learned_by]:
                 outcome["of which consumed after its window was published"] += 1
             fresh[source].append(answered - t0)
             fresh["all"].append(answered - t0)
@@ -1017,6 +1027,14 @@ def summarize(runs: list[dict[str, Any]], rate: float, interval: float) -> dict[
         values = [v for v in map(get, rows) if v is not None and not math.isnan(v)]
         return statistics.median(values) if values else float("nan")
 
+    def field(*path: str) -> Callable[[dict[str, Any]], float]:
+        def get(row: dict[str, Any]) -> float:
+            value: Any = row
+            for key in path:
+                value = value.get(key, float("nan")) if isinstance(value, dict) else float("nan")
+            return float("nan") if value is None else float(value)
+        return get
+
     windows: Counter[str] = Counter()
     samples: Counter[str] = Counter()
     letters: Counter[str] = Counter()
@@ -1029,7 +1047,7 @@ def summarize(runs: list[dict[str, Any]], rate: float, interval: float) -> dict[
         joined += r["join_counts"].get("joined", 0)
     return {
         "rate": rate, "interval_s": interval, "rounds": len(rows),
-        **{f"{k}_s": med(lambda r, k=k: r["freshness_s"]["all"][k]) for k in ("p50", "p95", "p99", "max")},
+        **{f"{k}_s": med(field("freshness_s", "all", k)) for k in ("p50", "p95", "p99", "max")},
         "served_p50_s": med(lambda r: r["freshness_s"]["served"]["p50"]),
         "served_p95_s": med(lambda r: r["freshness_s"]["served"]["p95"]),
         "window_wait_p50_s": med(lambda r: r["window_wait_s"]["p50"]),
@@ -1038,7 +1056,7 @@ def summarize(runs: list[dict[str, Any]], rate: float, interval: float) -> dict[
         "delta_on_topic_after_window_end_p50_s": med(lambda r: r["delta_on_topic_after_window_end_s"]["p50"]),
         "serving_after_delta_p50_s": med(lambda r: r["serving_answers_after_delta_on_topic_s"]["p50"]),
         "serving_after_delta_p95_s": med(lambda r: r["serving_answers_after_delta_on_topic_s"]["p95"]),
-        **{key: med(lambda r, key=key: r[key]) for key in (
+        **{key: med(field(key)) for key in (
             "produced_feedback_per_s", "consumed_feedback_per_s", "consumed_predictions_per_s", "examples_per_s",
             "predict_req_per_s")},
         "lag_records_at_start": med(lambda r: r["lag_records"]["at_start"]),
@@ -1048,7 +1066,7 @@ def summarize(runs: list[dict[str, Any]], rate: float, interval: float) -> dict[
         # Kept up: at the end of the measured period less than 2 s of records (a prediction and a feedback
         # per event) were waiting, so the lag was not growing without bound.
         "kept_up": all(r["lag_records"]["at_end"] < 2 * 2 * r["rate"] for r in rows),
-        "cpu_cores": {key: med(lambda r, key=key: r["cpu_cores"].get(key, float("nan")))
+        "cpu_cores": {key: med(field("cpu_cores", key))
                       for key in rows[0]["cpu_cores"]} if rows else {},
     }
 
@@ -1107,6 +1125,9 @@ def plot(summaries: list[dict[str, Any]], path: Path) -> None:
     ax.axvline(TARGET_P95_S, color="grey", linestyle=":", label=f"target: p95 {TARGET_P95_S:g} s at 1 s")
     ax.axhline(0.95, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xscale("log")
+    ticks = [t for t in (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500) if t <= max(max(s["pooled_percentiles"] or [1])
+                                                                          for s in summaries) * 1.5]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.set_xlabel("seconds from feedback produced to serving answering with the head that learned it")
     ax.set_ylabel("share of learned feedback events")
     ax.set_title("Freshness under load (rounds pooled)")
@@ -1128,7 +1149,7 @@ def recovery_phase(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.skip_recovery:
         return None
     try:
-        from recovery import parse_args as recovery_args  # type: ignore[import-not-found]  # bench/recovery.py
+        from recovery import parse_args as recovery_args  # bench/recovery.py
         from recovery import run_recovery
     except ImportError:
         console.print("[yellow]recovery curve skipped: bench/recovery.py (run_recovery) is not there yet[/]")
@@ -1194,6 +1215,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work", type=Path, help="keep bundle, pool, logs here and reuse bundle and pool")
     parser.add_argument("--out", type=Path, default=Path("bench/results/freshness.json"))
     parser.add_argument("--plot", type=Path, default=Path("bench/results/freshness.png"))
+    parser.add_argument("--replot", action="store_true", help="only redraw --plot from the results in --out")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.warmup, args.duration, args.pool, args.profile_seconds = 1, 15.0, 20.0, 3_000, 5.0
@@ -1202,6 +1224,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.replot:
+        plot(json.loads(args.out.read_text())["summary"], args.plot)
+        console.print(f"plot: {args.plot}")
+        return
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # the broker's health probe while it boots
     started, load_before = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
