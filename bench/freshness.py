@@ -196,9 +196,9 @@ def build_pool(bundle: Path, feast_dir: Path, size: int, seed: int) -> Pool:
                     event_id=SENTINEL_EVENT, time=0.0, prediction_id=SENTINEL_PREDICTION, model_version=str(CHAMPION),
                     user_id=user_ids[i], user=None if user is None else {k: str(v) for k, v in user.items()},
                     text=texts[i], intent=predictor.classes[int(proba[j].argmax())],
-                    features=LoggedFeatures(indices=csr.indices[csr.indptr[j]:csr.indptr[j + 1]].tolist(),
-                                            values=csr.data[csr.indptr[j]:csr.indptr[j + 1]].tolist(),
-                                            embedding=None if batch.dense is None else batch.dense[j].tolist()),
+                    features=LoggedFeatures.of(csr.indices[csr.indptr[j]:csr.indptr[j + 1]],
+                                               csr.data[csr.indptr[j]:csr.indptr[j + 1]],
+                                               None if batch.dense is None else batch.dense[j]),
                     probabilities=dict(zip(predictor.classes, proba[j].tolist(), strict=True)))
                 dumped = event.model_dump_json().encode()
                 if not dumped.startswith(head):  # the schema's field order changed: fail loudly, not subtly
@@ -385,7 +385,9 @@ def prepare(work: Path, bundle: Path, args: argparse.Namespace) -> Shared:
     with console.status("materializing the Feast store"):
         users = generate(TrafficConfig(n_events=args.events, seed=args.seed)).users
         materialize(open_store(state / "feast", users), datetime.now(UTC), full=True)
-    key = hashlib.sha256(f"{(bundle / HEAD_FILE).stat().st_mtime}:{args.pool}:{args.seed}".encode()).hexdigest()
+    schema = json.dumps(PredictionEvent.model_json_schema(), sort_keys=True)  # a schema change makes a new pool
+    key = hashlib.sha256(f"{(bundle / HEAD_FILE).stat().st_mtime}:{args.pool}:{args.seed}:{schema}".encode()
+                         ).hexdigest()
     pool_path = work / f"pool-{key[:12]}.npz"
     if not pool_path.exists():
         build_pool(bundle, state / "feast", args.pool, args.seed).save(pool_path)

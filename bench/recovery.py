@@ -296,7 +296,7 @@ def prediction_record(item: Pending, seed: int, rows: Part, svc: FeedbackService
     event = PredictionEvent(
         prediction_id=pid(seed, item.row), time=item.ts, model_version=version,
         user_id=rows.user_ids[item.row], user=rows.users[item.row], text=rows.texts[item.row], intent=intent,
-        features=LoggedFeatures(indices=csr.indices.tolist(), values=csr.data.tolist(), embedding=x.dense[0].tolist()),
+        features=LoggedFeatures.of(csr.indices, csr.data, x.dense[0]),
         probabilities=dict(zip(INTENTS, proba.tolist(), strict=True)))
     value = event.model_dump_json().encode()
     return Record(PREDICTIONS, item.partition, item.offset, pid(seed, item.row), value, item.ts), intent

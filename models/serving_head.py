@@ -50,15 +50,26 @@ class ServingHead:
         csr, dense = batch_arrays(x, self.sparse_dim, self.dense_dim)
         return softmax_proba(csr, dense, self.w_sparse, self.w_dense)
 
-    def apply(self, delta: HeadDelta) -> ServingHead:
-        """A new head with the delta's coordinates set; this one stays as it was."""
+    def apply(self, delta: HeadDelta, in_place: bool = False) -> ServingHead:
+        """A new head with the delta's coordinates set; this one stays as it was.
+
+        `in_place` changes this head instead, without copying every weight: only for a head
+        that nothing else reads (the feedback service's copy of what serving has).
+        """
         if delta.classes != self.classes:
             raise ValueError("delta is for a head with other classes")
         if len(delta.rows) and (delta.rows.max() >= self.sparse_dim or delta.rows.min() < 0):
             raise ValueError("delta touches features outside this head")
-        w_sparse = self.w_sparse.copy()
-        w_sparse[delta.rows] = delta.sparse_weights
         w_dense = self.w_dense.copy() if delta.dense_weights is None else np.array(delta.dense_weights)
         if w_dense.shape != self.w_dense.shape:
             raise ValueError(f"delta dense weights {w_dense.shape}, expected {self.w_dense.shape}")
-        return ServingHead(self.classes, w_sparse, w_dense)
+        if not in_place:
+            w_sparse = self.w_sparse.copy()
+            w_sparse[delta.rows] = delta.sparse_weights
+            return ServingHead(self.classes, w_sparse, w_dense)
+        self.w_sparse.flags.writeable = True
+        self.w_sparse[delta.rows] = delta.sparse_weights
+        self.w_sparse.flags.writeable = False
+        w_dense.flags.writeable = False
+        self.w_dense = w_dense
+        return self

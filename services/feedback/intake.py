@@ -73,15 +73,22 @@ def parse_prediction(record: Record, sparse_dim: int, dense_dim: int) -> StoredP
     features = event.features
     if len(features.indices) != len(features.values):
         return dead_letter(record, "wrong_schema", "features.indices and features.values differ in length")
-    if features.indices and not 0 <= min(features.indices) <= max(features.indices) < sparse_dim:
+    indices = np.asarray(features.indices, dtype=np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() >= sparse_dim):
         return dead_letter(record, "wrong_schema", f"features.indices outside 0..{sparse_dim - 1}")
-    embedding = None if features.embedding is None else np.asarray(features.embedding, dtype=np.float32)
+    try:
+        embedding = features.embedding_array()
+    except ValueError as exc:
+        return dead_letter(record, "wrong_schema", str(exc))
+    values = np.asarray(features.values, dtype=np.float32)
+    # A sum is finite only if every term is (or overflows, which is no input to learn from either).
+    if not (np.isfinite(values.sum()) and (embedding is None or np.isfinite(embedding.sum()))):
+        return dead_letter(record, "wrong_schema", "features.values or features.embedding are not all finite")
     if dense_dim and (embedding is None or len(embedding) != dense_dim):
         return dead_letter(record, "wrong_schema", f"features.embedding must have {dense_dim} values")
     return StoredPrediction(
         event.prediction_id, record.ts, event.model_version, event.user_id, event.text, event.intent,
-        max(event.probabilities.values(), default=0.0), np.asarray(features.indices, dtype=np.int64),
-        np.asarray(features.values, dtype=np.float32), embedding, event.user)
+        max(event.probabilities.values(), default=0.0), indices, values, embedding, event.user)
 
 
 def parse(record: Record, classes: Collection[str], sparse_dim: int, dense_dim: int, max_bytes: int

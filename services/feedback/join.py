@@ -17,6 +17,7 @@ exactly once, in the next window (and counted as `late`).
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 from collections import Counter
@@ -92,6 +93,7 @@ class JoinStore:
         self.labeled: dict[str, float] = {}  # prediction ids already joined -> ts
         self.seen: dict[str, float] = {}  # feedback event ids -> ts, for duplicates
         self.ready: list[Joined] = []  # joined, not yet released
+        self._first_ready: float | None = None  # smallest key time in `ready`, kept so ticks need no scan
         self.released_until = float("-inf")  # the watermark of the last release
         self.counts: Counter[str] = Counter()
 
@@ -143,13 +145,14 @@ class JoinStore:
 
     def first_key_time(self) -> float | None:
         """Key time of the earliest joined example not yet released."""
-        return min((j.key[0] for j in self.ready), default=None)
+        return self._first_ready
 
     def release(self, until: float) -> list[Joined]:
         """Joined examples with key time before `until`, in key order; later joins before it are late."""
         self.ready.sort(key=lambda j: j.key)
-        cut = next((i for i, j in enumerate(self.ready) if j.key[0] >= until), len(self.ready))
+        cut = bisect.bisect_left(self.ready, until, key=lambda j: j.key[0])
         released, self.ready = self.ready[:cut], self.ready[cut:]
+        self._first_ready = self.ready[0].key[0] if self.ready else None
         self.released_until = max(self.released_until, until)
         return released
 
@@ -168,6 +171,9 @@ class JoinStore:
             self.counts["late"] += 1
             joined = Joined(prediction, _retimed(feedback, self.released_until))
         self.ready.append(joined)
+        key_time = joined.key[0]
+        if self._first_ready is None or key_time < self._first_ready:
+            self._first_ready = key_time
         self.counts["joined"] += 1
 
     def _reject(self, feedback: StoredFeedback, reason: str, detail: str) -> Rejected:
@@ -203,6 +209,7 @@ class JoinStore:
         store.waiting = {f["prediction_id"]: _feedback_from_json(f) for f in meta["waiting"]}
         store.ready = [Joined(p, _feedback_from_json(f)) for p, f in zip(preds[n:], meta["ready_feedback"],
                                                                            strict=True)]
+        store._first_ready = min((j.key[0] for j in store.ready), default=None)
         store.labeled, store.seen = meta["labeled"], meta["seen"]
         store.released_until = float(meta["released_until"])
         store.counts = Counter(meta["counts"])

@@ -164,7 +164,7 @@ class OnlineLearner:
 
         delta = self.model.delta()
         self.model.mark()
-        self.live = self.live.apply(delta)
+        self.live.apply(delta, in_place=True)  # the learner's own copy: no one else reads it
         self.sequence += 1
         return replace(report, decision="published", sequence=self.sequence, delta=delta)
 

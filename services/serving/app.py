@@ -162,8 +162,7 @@ class Service:
             prediction_id=prediction.prediction_id, model_version=snapshot.version, user_id=request.user_id,
             user=None if user is None else {k: str(v) for k, v in user.items()},
             text=request.text, intent=prediction.intent,
-            features=LoggedFeatures(indices=indices.tolist(), values=values.tolist(),
-                                    embedding=None if embedding is None else embedding.tolist()),
+            features=LoggedFeatures.of(indices, values, embedding),
             probabilities=dict(zip(snapshot.classes, proba.tolist(), strict=True)))
         self.log.offer(prediction.prediction_id, event.model_dump_json().encode())
         return prediction

@@ -4,6 +4,7 @@ checkpoint that ends with the same head and the same deltas as a run that never 
 from __future__ import annotations
 
 import base64
+import json
 import random
 import zlib
 from dataclasses import replace
@@ -40,9 +41,8 @@ def stream(trained: TinyModel, n: int = 900, seed: int = 21, version: str = "1")
         ts = T0 + i * 0.02
         prediction = PredictionEvent(
             prediction_id=pid, model_version=version, user_id=row.user_id, text=row.text, intent=row.true_label,
-            features=LoggedFeatures(indices=csr.indices[csr.indptr[i]:csr.indptr[i + 1]].tolist(),
-                                    values=csr.data[csr.indptr[i]:csr.indptr[i + 1]].tolist(),
-                                    embedding=batch.dense[i].tolist()),
+            features=LoggedFeatures.of(csr.indices[csr.indptr[i]:csr.indptr[i + 1]],
+                                       csr.data[csr.indptr[i]:csr.indptr[i + 1]], batch.dense[i]),
             probabilities={intent: 1 / len(INTENTS) for intent in INTENTS})
         timed.append((ts, PREDICTIONS, pid, prediction.model_dump_json().encode()))
         if rng.random() < 0.8:  # most users give feedback, after a realistic delay
@@ -182,6 +182,30 @@ def test_every_bad_event_goes_to_the_dead_letters_with_its_reason(settings, trai
     assert svc.take_letters() == [], "taken once"
     assert dead_letter(cases["too_large"], "too_large", "x").event_id == by_reason["too_large"].event_id, \
         "a replay makes the same dead letter id"
+
+
+def test_predictions_with_unusable_features_are_dead_lettered_with_what_is_wrong(settings, trained) -> None:
+    svc = service(settings, trained)
+    good = json.loads(next(r for r in stream(trained, n=5) if r.topic == PREDICTIONS).value)
+    dim = len(LoggedFeatures.model_validate(good["features"]).embedding_array())
+
+    def broken(**features: object) -> bytes:
+        return json.dumps({**good, "features": {**good["features"], **features}}).encode()
+
+    cases = {
+        "not base64": broken(embedding="not base64!"),
+        "whole float32 values": broken(embedding=base64.b64encode(b"\0" * 6).decode()),
+        f"must have {dim} values": broken(embedding=base64.b64encode(np.zeros(dim - 1, "<f4").tobytes()).decode()),
+        "not all finite": broken(embedding=base64.b64encode(np.full(dim, np.nan, "<f4").tobytes()).decode()),
+        "outside 0..": broken(indices=[-1, *good["features"]["indices"][1:]]),
+    }
+    for offset, value in enumerate(cases.values()):
+        svc.process(Record(PREDICTIONS, 0, offset, "k", value, T0), now=T0)
+    letters = svc.take_letters()
+    assert [letter.reason for letter in letters] == ["wrong_schema"] * len(cases)
+    for expected, letter in zip(cases, letters, strict=True):
+        assert expected in letter.detail, (expected, letter.detail)
+    assert not svc.store.predictions, "nothing unusable is kept for joining"
 
 
 def test_feedback_on_predictions_of_a_version_with_other_inputs_is_dead_lettered(settings, trained) -> None:

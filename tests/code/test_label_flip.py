@@ -52,8 +52,7 @@ def records(trained: TinyModel) -> list[Record]:
         rows = slice(csr.indptr[i], csr.indptr[i + 1])
         prediction = PredictionEvent(
             prediction_id=pid, model_version="1", user_id=row.user_id, text=row.text, intent=row.true_label,
-            features=LoggedFeatures(indices=csr.indices[rows].tolist(), values=csr.data[rows].tolist(),
-                                    embedding=batch.dense[i].tolist()),
+            features=LoggedFeatures.of(csr.indices[rows], csr.data[rows], batch.dense[i]),
             probabilities={intent: 1 / len(INTENTS) for intent in INTENTS})
         out.append(record(PREDICTIONS, pid, prediction.model_dump_json().encode(), ts))
         feedback = FeedbackEvent(event_id=f"{ID_PREFIX}-{i}", prediction_id=pid, label=row.label)

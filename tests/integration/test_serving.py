@@ -18,7 +18,7 @@ import pytest
 from infra.process import ManagedProcess
 from models.ftrl import FTRLProximal
 from models.predict import Predictor
-from services.common.events import ModelUpdate
+from services.common.events import LoggedFeatures, ModelUpdate
 from services.common.features import online_user_features, open_store, user_fields
 from tests.conftest import TinyModel, head_copy
 from tests.integration.helpers import read_events, wait_until
@@ -62,7 +62,8 @@ def test_champion_answers_and_the_prediction_is_logged_with_its_features(serving
     csr = expected.sparse.tocsr()
     assert event["features"]["indices"] == csr.indices.tolist()
     np.testing.assert_allclose(event["features"]["values"], csr.data, rtol=1e-6)
-    np.testing.assert_allclose(event["features"]["embedding"], expected.dense[0], atol=1e-5)
+    logged = LoggedFeatures.model_validate(event["features"]).embedding_array()
+    np.testing.assert_allclose(logged, expected.dense[0], atol=1e-5)
     without_user = predictor.features([text]).sparse.tocsr().indices
     assert set(without_user) < set(csr.indices), "user features took part"
     assert event["probabilities"][body["intent"]] == pytest.approx(body["probabilities"][0]["probability"])
