@@ -13,10 +13,17 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from services.common.events import FEEDBACK, PREDICTIONS, DeadLetter, FeedbackEvent, PredictionEvent
 from services.feedback.join import Rejected, StoredFeedback, StoredPrediction
+
+
+class ReceivedFeedback(FeedbackEvent):
+    """A feedback event as consumed: its `event_id` must be there. A default made up on reading would
+    differ in every replay, and duplicates and the held-back share are decided by it."""
+
+    event_id: str = Field(min_length=1, max_length=128)
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ def parse_feedback(record: Record, classes: Collection[str], max_bytes: int) -> 
     if len(record.value) > max_bytes:
         return dead_letter(record, "too_large", f"{len(record.value)} bytes, the limit is {max_bytes}")
     try:
-        event = FeedbackEvent.model_validate_json(record.value)
+        event = ReceivedFeedback.model_validate_json(record.value)
     except ValidationError as exc:
         return _schema_problem(record, exc)
     if event.label not in classes:

@@ -81,6 +81,11 @@ class JoinSettings:
     feedback_wait_s: float = 60.0
     dedup_ttl_s: float = 86_400.0
     max_predictions: int = 100_000
+    # At thousands of events per second the dedup TTL alone would keep hundreds of millions of ids.
+    # Forgetting the oldest keeps memory and checkpoints bounded; it cannot make an example count twice
+    # (a joined prediction is gone from the store, so a repeat of its feedback ends up unmatched), but a
+    # repeat older than this many events is dead-lettered as unmatched instead of duplicate.
+    max_remembered_ids: int = 1_000_000
 
 
 class JoinStore:
@@ -119,6 +124,7 @@ class JoinStore:
         if feedback.event_id in self.seen:
             return self._reject(feedback, "duplicate", f"event_id {feedback.event_id} was already received")
         self.seen[feedback.event_id] = feedback.ts
+        _forget_oldest(self.seen, self.settings.max_remembered_ids, self.counts, "forgotten_event_id")
         pid = feedback.prediction_id
         if pid in self.labeled or pid in self.waiting:
             return self._reject(feedback, "already_labeled", f"prediction {pid} already has feedback")
@@ -166,6 +172,7 @@ class JoinStore:
     def _join(self, prediction: StoredPrediction, feedback: StoredFeedback) -> None:
         joined = Joined(prediction, feedback)
         self.labeled[prediction.prediction_id] = joined.key[0]
+        _forget_oldest(self.labeled, self.settings.max_remembered_ids, self.counts, "forgotten_labeled")
         if joined.key[0] < self.released_until:
             # Later than the allowed lateness: its window is gone. Learn it in the next one.
             self.counts["late"] += 1
@@ -190,10 +197,14 @@ class JoinStore:
             "n_pending": len(self.predictions),
             "waiting": [_feedback_to_json(f) for f in self.waiting.values()],
             "ready_feedback": [_feedback_to_json(j.feedback) for j in self.ready],
-            "labeled": self.labeled, "seen": self.seen, "released_until": self.released_until,
-            "counts": dict(self.counts),
+            "released_until": self.released_until, "counts": dict(self.counts),
         }
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        # The id -> time maps grow with the traffic (hundreds of thousands of ids): columns, not JSON.
+        for name in ("labeled", "seen"):
+            ids: dict[str, float] = getattr(self, name)
+            arrays[f"{name}_ids"], arrays[f"{name}_offsets"] = _pack(list(ids))
+            arrays[f"{name}_ts"] = np.fromiter(ids.values(), dtype=np.float64, count=len(ids))
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         return buf.getvalue()
@@ -204,13 +215,18 @@ class JoinStore:
         with np.load(io.BytesIO(data), allow_pickle=False) as f:
             meta = json.loads(f["meta"].tobytes())
             preds = _predictions_from_arrays(f)
+            for name in ("labeled", "seen"):
+                if name in meta:  # checkpoints written before the columns
+                    setattr(store, name, meta[name])
+                else:
+                    ids = _unpack(f[f"{name}_ids"], f[f"{name}_offsets"])
+                    setattr(store, name, dict(zip(ids, f[f"{name}_ts"].tolist(), strict=True)))
         n = meta["n_pending"]
         store.predictions = {p.prediction_id: p for p in preds[:n]}
         store.waiting = {f["prediction_id"]: _feedback_from_json(f) for f in meta["waiting"]}
         store.ready = [Joined(p, _feedback_from_json(f)) for p, f in zip(preds[n:], meta["ready_feedback"],
                                                                            strict=True)]
         store._first_ready = min((j.key[0] for j in store.ready), default=None)
-        store.labeled, store.seen = meta["labeled"], meta["seen"]
         store.released_until = float(meta["released_until"])
         store.counts = Counter(meta["counts"])
         return store
@@ -242,6 +258,12 @@ def _pop_expired(items: dict[str, Any], before: float, ts: Any) -> list[Any]:
             break
         expired.append(items.pop(first))
     return expired
+
+
+def _forget_oldest(ids: dict[str, float], limit: int, counts: Counter[str], what: str) -> None:
+    if len(ids) > limit:
+        del ids[next(iter(ids))]
+        counts[what] += 1
 
 
 def _retimed(feedback: StoredFeedback, ts: float) -> StoredFeedback:

@@ -26,6 +26,7 @@ encoder differs goes to the dead letters as `stale_model`. Released windows go t
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import logging
 import math
@@ -130,7 +131,7 @@ class FeedbackService:
     def _join_settings(self) -> JoinSettings:
         s = self.settings
         return JoinSettings(prediction_ttl_s=s.prediction_ttl_s, feedback_wait_s=s.feedback_wait_s,
-                            max_predictions=s.max_predictions)
+                            max_predictions=s.max_predictions, max_remembered_ids=s.max_remembered_ids)
 
     def _champion(self) -> tuple[FTRLProximal, int]:
         assert self.keeper is not None
@@ -305,6 +306,7 @@ class FeedbackService:
             "max.poll.interval.ms": 60_000, "fetch.message.max.bytes": 8 * 1024 * 1024,
         })
         consumer.subscribe([PREDICTIONS, FEEDBACK], on_assign=self._on_assign)
+        _tune_gc()
         self._start_observer()
         self._servers = servers
         self._published = self._published_on_base()
@@ -516,6 +518,14 @@ class FeedbackService:
             except Exception as exc:  # the checkpoint, not the committed offset, is what a restart uses
                 log.warning("offset commit failed after %s: %s", path.name, exc)
         return True
+
+
+def _tune_gc() -> None:
+    """The join store and the held-back set are many long-lived objects that Python's collector
+    would walk again and again (18-23 us per feedback event at 5,000/s): leave what exists at start
+    alone and collect the youngest generation 70x less often. Nothing here makes reference cycles."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def _partition_key(key: str) -> tuple[str, int]:

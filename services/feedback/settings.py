@@ -20,6 +20,8 @@ class FeedbackSettings(CommonSettings):
     feedback_wait_s: float = Field(60.0, gt=0.0, description="How long feedback waits for its prediction "
                                    "before it goes to feedback-dlq as unmatched.")
     max_predictions: int = Field(100_000, ge=1, description="Predictions kept waiting at most (oldest go).")
+    max_remembered_ids: int = Field(1_000_000, ge=1, description="Feedback event ids (for duplicates) and "
+                                    "labeled prediction ids kept at most, each (oldest go).")
     max_event_bytes: int = Field(64_000, ge=1, description="Larger feedback events go to the DLQ as too_large.")
     holdout_share: float = Field(0.1, gt=0.0, lt=1.0, description="Share of feedback held back to judge updates.")
     holdout_size: int = Field(2_000, ge=10, description="Recent held-back examples the gate uses.")

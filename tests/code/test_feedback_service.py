@@ -165,8 +165,10 @@ def test_every_bad_event_goes_to_the_dead_letters_with_its_reason(settings, trai
         "already_labeled": bad(fb(event_id="another-event-for-the-same-prediction"), 6),
         "unmatched": bad(fb(prediction_id="nobody-predicted-this", event_id="lonely"), 7),
     }
+    no_event_id = bad(b'{"prediction_id": "x", "label": "navigate"}', 9)  # a replay would make up another
     bad_prediction = bad(b'{"prediction_id": "p", "features": {}}', 8, topic=PREDICTIONS)
-    for record in good + list(cases.values()) + [bad_prediction, Record(FEEDBACK, 1, 0, None, b"\xff\xfe\x00", t)]:
+    garbage = Record(FEEDBACK, 1, 0, None, b"\xff\xfe\x00", t)
+    for record in [*good, *cases.values(), bad_prediction, no_event_id, garbage]:
         svc.process(record, now=record.ts)
     svc.tick(now=t + 100)  # long enough for the lonely feedback to give up waiting
     letters = svc.take_letters()
@@ -177,8 +179,9 @@ def test_every_bad_event_goes_to_the_dead_letters_with_its_reason(settings, trai
         assert base64.b64decode(letter.value) == record.value, "the original bytes are kept"
         assert letter.detail
     assert "order_pizza" in by_reason["unknown_label"].detail
-    assert sum(svc.stats.dead_letters.values()) == len(letters) == len(cases) + 2
-    assert svc.stats.dead_letters["invalid_json"] == 2 and svc.stats.dead_letters["wrong_schema"] == 2
+    assert sum(svc.stats.dead_letters.values()) == len(letters) == len(cases) + 3
+    assert svc.stats.dead_letters["invalid_json"] == 2 and svc.stats.dead_letters["wrong_schema"] == 3
+    assert any(x.offset == no_event_id.offset and "event_id" in x.detail for x in letters)
     assert svc.take_letters() == [], "taken once"
     assert dead_letter(cases["too_large"], "too_large", "x").event_id == by_reason["too_large"].event_id, \
         "a replay makes the same dead letter id"

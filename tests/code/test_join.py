@@ -77,6 +77,18 @@ def test_unmatched_feedback_is_rejected_after_its_wait_and_old_predictions_expir
     assert list(store.predictions) == ["p3", "p4"] and store.counts["expired_prediction"] == 1
 
 
+def test_remembered_ids_are_bounded_and_a_forgotten_repeat_is_still_never_learned_twice() -> None:
+    store = JoinStore(JoinSettings(max_remembered_ids=2, feedback_wait_s=5))
+    for i in range(4):
+        store.add_prediction(prediction(f"p{i}", 10.0 + i))
+        store.add_feedback(feedback(f"f{i}", f"p{i}", 10.5 + i))
+    assert list(store.seen) == ["f2", "f3"] and list(store.labeled) == ["p2", "p3"]
+    assert store.counts["forgotten_event_id"] == store.counts["forgotten_labeled"] == 2
+    assert store.add_feedback(feedback("f0", "p0", 14.0)) is None, "forgotten: not known as a duplicate"
+    released, rejected = store.advance(30.0)
+    assert len(released) == 4 and [(r.feedback.event_id, r.reason) for r in rejected] == [("f0", "unmatched")]
+
+
 def test_a_join_later_than_its_window_is_learned_once_in_the_next() -> None:
     store = JoinStore()
     store.add_prediction(prediction("p1", 10.0))
@@ -100,6 +112,8 @@ def test_checkpoint_round_trip_keeps_everything() -> None:
     assert all(_same(restored.predictions[k], p) for k, p in store.predictions.items())
     assert restored.waiting == store.waiting and restored.labeled == store.labeled
     assert restored.seen == store.seen and restored.counts == store.counts
+    assert list(restored.seen) == list(store.seen) and list(restored.labeled) == list(store.labeled), \
+        "the oldest first, as expiry and forgetting expect"
     assert restored.released_until == store.released_until
     a, b = restored.advance(100.0)[0], store.advance(100.0)[0]
     assert [j.key for j in a] == [j.key for j in b] and all(
