@@ -85,6 +85,14 @@ def create_topics(bootstrap_servers: str, partitions: Mapping[str, int] | None =
         admin.close()
 
 
+def broker_process(state_dir: Path, port: int = DEFAULT_PORT) -> ManagedProcess:
+    """The broker as a process not yet started, working in `state_dir/broker`; `.url` is host:port."""
+    env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+    env["RUST_LOG"] = "warn"  # at info Tansu writes ~50k log lines for a few hundred messages
+    return ManagedProcess(NAME, broker_command(port), state_dir, cwd=state_dir / NAME, env=env,
+                          url=f"{HOST}:{port}")
+
+
 def start_broker(state_dir: Path, port: int = DEFAULT_PORT, timeout: float = START_TIMEOUT,
                  partitions: Mapping[str, int] | None = None) -> ManagedProcess:
     """Start Tansu in `state_dir/broker`, wait until it answers, create the topics.
@@ -93,10 +101,6 @@ def start_broker(state_dir: Path, port: int = DEFAULT_PORT, timeout: float = STA
     the partition count per topic (default `DEFAULT_PARTITIONS`).
     """
     check_can_start(NAME, state_dir, port)
-    workdir = state_dir / NAME
-    env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
-    env["RUST_LOG"] = "warn"  # at info Tansu writes ~50k log lines for a few hundred messages
-    proc = ManagedProcess(NAME, broker_command(port), state_dir, cwd=workdir, env=env,
-                          url=f"{HOST}:{port}")
+    proc = broker_process(state_dir, port)
     return proc.start_healthy(lambda: broker_healthy(proc.url), timeout,
                               then=lambda: create_topics(proc.url, partitions))

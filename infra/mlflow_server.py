@@ -53,11 +53,15 @@ def mlflow_healthy(url: str) -> bool:
     return httpx.get(f"{url}/health", timeout=2.0).status_code == 200
 
 
+def mlflow_process(state_dir: Path, port: int = DEFAULT_PORT) -> ManagedProcess:
+    """The server as a process not yet started, with its store in `state_dir/mlflow`."""
+    workdir = state_dir / NAME
+    return ManagedProcess(NAME, mlflow_command(workdir, port), state_dir, cwd=workdir,
+                          env={**os.environ, **SERVER_ENV}, url=f"http://{HOST}:{port}")
+
+
 def start_mlflow(state_dir: Path, port: int = DEFAULT_PORT, timeout: float = START_TIMEOUT) -> ManagedProcess:
     """Start MLflow in `state_dir/mlflow` and wait until healthy; `.url` is the tracking URI."""
     check_can_start(NAME, state_dir, port)
-    workdir = state_dir / NAME
-    proc = ManagedProcess(NAME, mlflow_command(workdir, port), state_dir, cwd=workdir,
-                          env={**os.environ, **SERVER_ENV},
-                          url=f"http://{HOST}:{port}")
+    proc = mlflow_process(state_dir, port)
     return proc.start_healthy(lambda: mlflow_healthy(proc.url), timeout)

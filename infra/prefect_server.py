@@ -39,12 +39,16 @@ def prefect_healthy(url: str) -> bool:
     return httpx.get(f"{url}/health", timeout=2.0).status_code == 200
 
 
-def start_prefect(state_dir: Path, port: int = DEFAULT_PORT, timeout: float = START_TIMEOUT) -> ManagedProcess:
-    """Start Prefect in `state_dir/prefect` and wait until healthy; `.url` is the API URL (…/api)."""
-    check_can_start(NAME, state_dir, port)
+def prefect_process(state_dir: Path, port: int = DEFAULT_PORT) -> ManagedProcess:
+    """The server as a process not yet started, with its home in `state_dir/prefect`."""
     home = (state_dir / NAME).resolve()
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port),
            "--analytics-off"]
-    proc = ManagedProcess(NAME, cmd, state_dir, cwd=home, env=prefect_env(home),
-                          url=f"http://{HOST}:{port}/api")
+    return ManagedProcess(NAME, cmd, state_dir, cwd=home, env=prefect_env(home), url=f"http://{HOST}:{port}/api")
+
+
+def start_prefect(state_dir: Path, port: int = DEFAULT_PORT, timeout: float = START_TIMEOUT) -> ManagedProcess:
+    """Start Prefect in `state_dir/prefect` and wait until healthy; `.url` is the API URL (…/api)."""
+    check_can_start(NAME, state_dir, port)
+    proc = prefect_process(state_dir, port)
     return proc.start_healthy(lambda: prefect_healthy(proc.url), timeout)

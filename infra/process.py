@@ -299,6 +299,11 @@ class ManagedProcess:
         while True:
             if self._popen is not None:
                 self._popen.poll()  # reap the leader, or it stays in the group as a zombie
+            else:
+                # A handle from a PID file whose leader this process started (e.g. `Stack.up` and
+                # `Stack.down` in one program): nobody else can reap it.
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.pgid, os.WNOHANG)
             if done():
                 return True
             if time.monotonic() >= deadline:

@@ -12,6 +12,7 @@ from rich.table import Table
 from loopline.cli_feedback import promote
 from loopline.cli_models import models_app
 from loopline.cli_send import feedback_app
+from loopline.cli_stack import down, status, up
 from loopline.cli_train import flows_app, serve_api, train
 from loopline.ui import console, fail, progress_display
 
@@ -25,6 +26,9 @@ app.command()(train)
 app.command("serve")(serve_api)
 app.add_typer(feedback_app, name="feedback")  # no subcommand: the service; `send`: one event
 app.command("promote")(promote)
+app.command()(up)
+app.command()(status)
+app.command()(down)
 
 
 @data_app.command("generate")
