@@ -632,7 +632,7 @@ def profile_service(shared: Shared, rate: float, interval: float, args: argparse
     from services.feedback import intake
     from services.feedback.checkpoint import CheckpointStore
     from services.feedback.join import JoinStore
-    from services.feedback.service import FeedbackService
+    from services.feedback.service import FeedbackService, tune_gc
     from services.feedback.settings import FeedbackSettings
 
     undo = "  undo point / restore / delta"
@@ -685,6 +685,7 @@ def profile_service(shared: Shared, rate: float, interval: float, args: argparse
                     last_checkpoint = record.ts
             return {"cpu": cpu, "feedback": feedback, "windows": dict(service.stats.windows)}
 
+    tune_gc()  # as the service's loop does
     drive(2.0, None)  # numba loads its compiled kernels on first use: not part of the service's steady state
     with StageTimer() as timer:
         done = drive(args.profile_seconds, timer)

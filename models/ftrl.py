@@ -186,13 +186,30 @@ class FTRLProximal:
         """
         csr, dense = self._check_many(x)
         labels = self._labels(y, csr.shape[0])
-        proba = self._proba(csr, dense)
         if csr.shape[0] == 0:
-            return proba
+            return self._proba(csr, dense)
+        return self._step_rows(csr.indptr, csr.indices, csr.data, dense, labels)
+
+    def learn_in_batches(self, x: Batch, y: Sequence[str] | np.ndarray, batch_size: int) -> None:
+        """`learn_many` on each run of `batch_size` consecutive rows in turn: the same steps, checked
+        once and sliced as raw arrays (a scipy slice per mini-batch cost more than the step itself)."""
+        csr, dense = self._check_many(x)
+        labels = self._labels(y, csr.shape[0])
+        indptr, indices, data = csr.indptr, csr.indices, csr.data
+        for start in range(0, csr.shape[0], batch_size):
+            stop = min(start + batch_size, csr.shape[0])
+            first, last = indptr[start], indptr[stop]
+            self._step_rows(indptr[start:stop + 1] - first, indices[first:last], data[first:last],
+                            dense[start:stop], labels[start:stop])
+
+    def _step_rows(self, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, dense: np.ndarray,
+                   labels: np.ndarray) -> np.ndarray:
+        """One summed step over checked rows (CSR parts); returns the probabilities predicted before it."""
+        proba = _softmax_proba(indptr, indices, data, dense, self.w_sparse, self.w_dense)
         error = proba.copy()
         error[np.arange(len(labels)), labels] -= 1.0
         p = self.params
-        _sparse_step(csr.indptr, csr.indices, csr.data, error, self.z_sparse, self.n_sparse,
+        _sparse_step(indptr, indices, data, error, self.z_sparse, self.n_sparse,
                      self.w_sparse, self._touched, self._slot, p.alpha, p.beta, p.l1, p.l2)
         error_sq = error * error
         # Rows 0..dense_dim-1 are the embedding, the last row is the bias (x = 1).
@@ -350,8 +367,13 @@ def batch_arrays(x: Batch, sparse_dim: int, dense_dim: int) -> tuple[sp.csr_matr
 
 def softmax_proba(csr: sp.csr_matrix, dense: np.ndarray, w_sparse: np.ndarray, w_dense: np.ndarray) -> np.ndarray:
     """Class probabilities from weights; the bias is the last row of `w_dense`."""
+    return _softmax_proba(csr.indptr, csr.indices, csr.data, dense, w_sparse, w_dense)
+
+
+def _softmax_proba(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, dense: np.ndarray,
+                   w_sparse: np.ndarray, w_dense: np.ndarray) -> np.ndarray:
     logits = dense @ w_dense[:-1] + w_dense[-1]
-    _add_sparse_logits(csr.indptr, csr.indices, csr.data, w_sparse, logits)
+    _add_sparse_logits(indptr, indices, data, w_sparse, logits)
     return _softmax_rows(logits)
 
 

@@ -80,14 +80,14 @@ def parse_prediction(record: Record, sparse_dim: int, dense_dim: int) -> StoredP
     features = event.features
     if len(features.indices) != len(features.values):
         return dead_letter(record, "wrong_schema", "features.indices and features.values differ in length")
-    indices = np.asarray(features.indices, dtype=np.int64)
-    if indices.size and (indices.min() < 0 or indices.max() >= sparse_dim):
+    # Python's min, max and sum on the short lists cost less than numpy's call overhead.
+    if features.indices and not 0 <= min(features.indices) <= max(features.indices) < sparse_dim:
         return dead_letter(record, "wrong_schema", f"features.indices outside 0..{sparse_dim - 1}")
     try:
         embedding = features.embedding_array()
     except ValueError as exc:
         return dead_letter(record, "wrong_schema", str(exc))
-    values = np.asarray(features.values, dtype=np.float32)
+    indices, values = np.asarray(features.indices, dtype=np.int64), np.asarray(features.values, dtype=np.float32)
     # A sum is finite only if every term is (or overflows, which is no input to learn from either).
     if not (np.isfinite(values.sum()) and (embedding is None or np.isfinite(embedding.sum()))):
         return dead_letter(record, "wrong_schema", "features.values or features.embedding are not all finite")

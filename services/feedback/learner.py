@@ -146,9 +146,7 @@ class OnlineLearner:
 
         learn_batch = batch.take(learn)
         undo = self.model.state_of(learn_batch.sparse.tocsr().indices)
-        for start in range(0, len(learn), self.settings.batch_size):
-            rows = slice(start, start + self.settings.batch_size)
-            self.model.learn_many(learn_batch.take(rows), labels[learn][rows])
+        self.model.learn_in_batches(learn_batch, labels[learn], self.settings.batch_size)
         if len(self.holdout) < self.settings.min_holdout:
             self._undo(undo)
             return replace(report, decision="no_evidence")

@@ -306,7 +306,7 @@ class FeedbackService:
             "max.poll.interval.ms": 60_000, "fetch.message.max.bytes": 8 * 1024 * 1024,
         })
         consumer.subscribe([PREDICTIONS, FEEDBACK], on_assign=self._on_assign)
-        _tune_gc()
+        tune_gc()
         self._start_observer()
         self._servers = servers
         self._published = self._published_on_base()
@@ -520,7 +520,7 @@ class FeedbackService:
         return True
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """The join store and the held-back set are many long-lived objects that Python's collector
     would walk again and again (18-23 us per feedback event at 5,000/s): leave what exists at start
     alone and collect the youngest generation 70x less often. Nothing here makes reference cycles."""

@@ -146,6 +146,24 @@ def test_learn_many_equals_loop_with_weights_of_batch_start(name: str, batch_siz
             np.testing.assert_allclose(getattr(model, name), getattr(one, name), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_learn_in_batches_is_learn_many_on_each_run_of_rows(batch_size: int) -> None:
+    stream = random_stream(4, 200)
+    xs, labels = [x for x, _ in stream], [CLASSES[y] for _, y in stream]
+    csr = sp.csr_matrix((np.concatenate([x.values for x in xs]), np.concatenate([x.indices for x in xs]),
+                         np.cumsum([0] + [len(x.indices) for x in xs])), shape=(len(xs), SPARSE_DIM))
+    whole = Batch(csr, np.stack([x.dense for x in xs]))
+    stepped = FTRLProximal(CLASSES, SPARSE_DIM, DENSE_DIM, PARAMS["with_l1"])
+    looped = FTRLProximal(CLASSES, SPARSE_DIM, DENSE_DIM, PARAMS["with_l1"])
+    stepped.learn_in_batches(whole, labels, batch_size)
+    for start in range(0, len(xs), batch_size):
+        rows = slice(start, start + batch_size)
+        looped.learn_many(whole.take(rows), labels[rows])
+    for name in ("z_sparse", "n_sparse", "w_sparse", "z_dense", "n_dense", "w_dense"):
+        np.testing.assert_array_equal(getattr(stepped, name), getattr(looped, name), err_msg=name)
+    np.testing.assert_array_equal(stepped.delta().rows, looped.delta().rows)
+
+
 def test_l1_gives_exact_zeros_where_z_is_small() -> None:
     params = PARAMS["with_l1"]
     model = FTRLProximal(CLASSES, SPARSE_DIM, DENSE_DIM, params)
