@@ -27,6 +27,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -294,20 +295,20 @@ class Stack:
         return result
 
     def down(self, report: Callable[[str, str], None] = lambda name, what: None) -> list[str]:
-        """Stop every part `up` started (last started first); returns their names."""
+        """Stop every part `up` started: serving and feedback first, while the servers they talk to still
+        answer, then the rest; the parts of each group stop side by side. Returns the names stopped."""
         stopped, problems = [], []
         with self._lock():
-            for name in reversed(PART_NAMES):
-                proc = self.handle(name)
-                if proc is None:
-                    continue
-                try:
-                    proc.stop()
-                except ProcessError as exc:
-                    problems.append(str(exc))
-                    continue
-                stopped.append(name)
-                report(name, "stopped")
+            for group in (MODEL_PARTS, INFRA_PARTS):
+                handles = {name: proc for name in reversed(group) if (proc := self.handle(name)) is not None}
+                with ThreadPoolExecutor(max_workers=len(PART_NAMES)) as pool:
+                    stopping = {name: pool.submit(proc.stop) for name, proc in handles.items()}
+                for name, future in stopping.items():
+                    if (exc := future.exception()) is not None:
+                        problems.append(str(exc))
+                        continue
+                    stopped.append(name)
+                    report(name, "stopped")
             self.waiting = set()
             if (self.state_dir / STATE_FILE).exists():
                 self.save()

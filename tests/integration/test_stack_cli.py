@@ -1,0 +1,155 @@
+"""`loopline up | status | down` as users run them: real commands, real servers, free ports, a tmp state folder."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from infra.broker import TOPICS, admin_client
+from infra.process import ManagedProcess, free_port, port_is_free
+from infra.stack import HEALTHY, INFRA_PARTS, MARKER, MODEL_PARTS, PART_NAMES, STOPPED, WAITING, Stack
+from models.traffic import TrafficConfig, generate
+from services.common.features import materialize, open_store
+from services.common.registry import Registry
+from services.common.settings import CommonSettings
+from tests.conftest import TinyModel
+from tests.integration.helpers import wait_until
+from tests.integration.stack import bin_command, register
+
+
+def loopline(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    """Run `loopline` in an environment that names no server, as a fresh shell would."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOPLINE_", "PREFECT_API"))}
+    env["COLUMNS"] = "200"  # one table row per line
+    return subprocess.run(bin_command(*args), env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def port_flags() -> list[str]:
+    return [arg for name in PART_NAMES for arg in (f"--{name}-port", str(free_port()))]
+
+
+def group_pids(state: Path) -> list[int]:
+    """Every process of every part running from `state`."""
+    handles = (ManagedProcess.from_pidfile(name, state) for name in PART_NAMES)
+    return [pid for handle in handles if handle is not None for pid in handle.group_pids()]
+
+
+def marked_processes(state: Path) -> list[int]:
+    """Processes anywhere on the machine that a stack in `state` started."""
+    marker = f"{MARKER}={state.resolve()}:".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def health(state: Path) -> dict[str, str]:
+    return {row.part.name: row.health for row in Stack.load(state).status()}
+
+
+def assert_down(state: Path, pids: list[int]) -> None:
+    done = loopline("down", "--state-dir", str(state))
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = loopline("status", "--state-dir", str(state))
+    assert after.returncode == 1  # not everything is healthy
+    assert health(state) == dict.fromkeys(PART_NAMES, STOPPED)
+    assert not list(state.glob("*.pid"))
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    assert not marked_processes(state)
+    assert all(port_is_free(part.port) for part in Stack.load(state).parts.values())
+
+
+@pytest.mark.slow
+def test_up_status_down_twice_from_a_clean_state(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    # The second `up` gives no ports: the state folder remembers those of the first.
+    for flags in (port_flags(), []):
+        up = loopline("up", "--state-dir", str(state), *flags)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "no champion yet: run `loopline train`" in up.stdout
+
+        status = loopline("status", "--state-dir", str(state))
+        assert status.returncode == 0, status.stdout
+        stack = Stack.load(state)
+        rows = {row.part.name: row for row in stack.status()}
+        assert {n: r.health for n, r in rows.items()} == {**dict.fromkeys(INFRA_PARTS, HEALTHY),
+                                                          **dict.fromkeys(MODEL_PARTS, WAITING)}
+        for name, row in rows.items():
+            line = next(line for line in status.stdout.splitlines() if f" {name} " in line)
+            assert row.part.url in line and row.health in line and (row.pid is None or str(row.pid) in line)
+
+        admin = admin_client(stack.parts["broker"].url)
+        try:
+            assert set(TOPICS) <= set(admin.list_topics())
+        finally:
+            admin.close()
+        assert httpx.get(f"{stack.parts['mlflow'].url}/health", timeout=5).status_code == 200
+        assert httpx.get(f"{stack.parts['prefect'].url}/health", timeout=5).status_code == 200
+        assert httpx.get(stack.parts["evidently"].url, timeout=5).status_code == 200  # the UI itself
+
+        assert_down(state, group_pids(state))
+
+
+def test_a_taken_port_fails_clearly_and_starts_nothing(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    flags = port_flags()
+    taken = int(flags[flags.index("--prefect-port") + 1])
+    with socket.create_server(("127.0.0.1", taken)):
+        up = loopline("up", "--state-dir", str(state), *flags)
+    assert up.returncode != 0
+    assert f"cannot start prefect: port {taken} on 127.0.0.1 is already in use" in " ".join(up.stdout.split())
+    assert "Traceback" not in up.stdout + up.stderr
+    assert not list(state.glob("*.pid"))
+    assert not marked_processes(state)
+
+
+@pytest.mark.slow
+def test_a_second_up_starts_serving_and_feedback_once_there_is_a_champion(
+        tmp_path: Path, trained: TinyModel) -> None:
+    state = tmp_path / "state"
+    up = loopline("up", "--state-dir", str(state), *port_flags())
+    assert up.returncode == 0, up.stdout + up.stderr
+    stack = Stack.load(state)
+    before = {row.part.name: row.pid for row in stack.status()}
+    try:
+        # What `loopline train` leaves behind: a champion in the stack's registry, a Feast store in the state folder.
+        registry = Registry(CommonSettings(state_dir=state, mlflow_tracking_uri=stack.parts["mlflow"].url,
+                                           model_name=stack.model_name))
+        materialize(open_store(state / "feast", generate(TrafficConfig(n_events=200, n_users=30, seed=4)).users),
+                    datetime.now(UTC))
+        registry.promote(register(registry, tmp_path / "v1", trained[1], trained), "first version")
+
+        again = loopline("up", "--state-dir", str(state))
+        assert again.returncode == 0, again.stdout + again.stderr
+        for name in INFRA_PARTS:
+            assert re.search(rf"^{name} +already running$", again.stdout, re.MULTILINE), again.stdout
+        for name in MODEL_PARTS:
+            assert re.search(rf"^{name} +started in ", again.stdout, re.MULTILINE), again.stdout
+        rows = {row.part.name: row for row in stack.status()}
+        assert {n: r.health for n, r in rows.items()} == dict.fromkeys(PART_NAMES, HEALTHY)
+        assert all(rows[name].pid == before[name] for name in INFRA_PARTS)  # left alone
+
+        serving = stack.parts["serving"].url
+        answer = httpx.post(f"{serving}/v1/predict", json={"text": "turn on wifi"}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"].startswith("1")
+        feedback = httpx.get(f"{stack.parts['feedback'].url}/healthz", timeout=5).json()
+        assert feedback["version"].startswith("1+ftrl.")
+        # The UI shows the drift project the feedback service writes into the shared workspace.
+        projects = f"{stack.parts['evidently'].url}/api/projects"
+        assert wait_until(lambda: stack.model_name in httpx.get(projects, timeout=5).text, 60)
+        assert loopline("status", "--state-dir", str(state)).returncode == 0
+    finally:
+        pids = group_pids(state)
+        assert_down(state, pids)
