@@ -297,7 +297,10 @@ class Stack:
     def down(self, report: Callable[[str, str], None] = lambda name, what: None) -> list[str]:
         """Stop every part `up` started: serving and feedback first, while the servers they talk to still
         answer, then the rest; the parts of each group stop side by side. Returns the names stopped."""
-        stopped, problems = [], []
+        stopped: list[str] = []
+        problems: list[str] = []
+        if not self.state_dir.is_dir():
+            return stopped
         with self._lock():
             for group in (MODEL_PARTS, INFRA_PARTS):
                 handles = {name: proc for name in reversed(group) if (proc := self.handle(name)) is not None}

@@ -85,6 +85,8 @@ def up(
             stack.up(_report)
     except (StackError, ProcessError) as exc:
         fail(f"{exc}\nnothing this `loopline up` started is left running; parts that ran before it were left alone")
+    except Exception as exc:  # a server answering oddly (topics, registry): same rollback, same exit code
+        fail(f"{type(exc).__name__}: {exc}\nnothing this `loopline up` started is left running")
     _print_table(stack)
     console.print(f'use it from other commands: eval "$(loopline status --env --state-dir {stack.state_dir})"',
                   soft_wrap=True)
