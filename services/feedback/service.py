@@ -304,6 +304,7 @@ class FeedbackService:
             "bootstrap.servers": servers, "group.id": self.settings.group_id, "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
             "max.poll.interval.ms": 60_000, "fetch.message.max.bytes": 8 * 1024 * 1024,
+            "fetch.wait.max.ms": 50,  # see services/serving/updates.py: the embedded broker holds empty fetches
         })
         consumer.subscribe([PREDICTIONS, FEEDBACK], on_assign=self._on_assign)
         tune_gc()
