@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,24 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/loopline demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# Debian's Chromium and its chromedriver, for tests/integration/test_browser.py: installed when missing, as
+# root or through password-less sudo with apt-get. Elsewhere this only warns, and that test fails saying why.
+chromium:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && { [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		echo "installing Debian's chromium and chromium-driver for the browser test"; \
+		$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium chromium-driver fonts-liberation >/dev/null; \
+	else \
+		echo "warning: chromium and chromedriver are missing and cannot be installed here (needs apt-get and" \
+			"root): tests/integration/test_browser.py will fail; install Debian's chromium and chromium-driver" >&2; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
