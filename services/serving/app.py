@@ -187,7 +187,17 @@ class MeasureAndLimit:
             await response(scope, receive, send)
             metrics.requests.labels(route, "413").inc()
             return
-        start, status = time.perf_counter(), [500]
+        start, status, received = time.perf_counter(), [500], [0]
+
+        async def receive_within_limit() -> dict[str, Any]:
+            # A body without Content-Length (chunked) is counted as it is read; FastAPI re-raises an
+            # HTTPException raised while it reads the body, so the client gets this 413.
+            message: dict[str, Any] = await receive()
+            if message["type"] == "http.request":
+                received[0] += len(message.get("body", b""))
+                if received[0] > limit:
+                    raise HTTPException(413, f"body over {limit} bytes")
+            return message
 
         async def send_status(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -195,7 +205,7 @@ class MeasureAndLimit:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive_within_limit, send_status)
         finally:
             metrics.latency.labels(route).observe(time.perf_counter() - start)
             metrics.requests.labels(route, str(status[0])).inc()
