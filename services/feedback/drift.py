@@ -254,6 +254,10 @@ class DriftSettings:
     window_events: int = 2_000
     window_seconds: float = 60.0
     min_events: int = 200  # a timed-out window waits for this many rows: smaller ones are too noisy
+    # A full window closes no sooner than this after the last one. At thousands of events per second
+    # `window_events` alone would mean several Evidently runs a second; a busier stream is sampled
+    # instead: the window keeps its most recent `window_events` rows.
+    min_interval_s: float = 0.0
     drift_share_threshold: float = 0.3
     accuracy_drop: float = 0.05
     n_components: int = 3  # PCA axes: build the reference with these; the monitor checks
@@ -264,8 +268,9 @@ class DriftSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.min_events <= self.window_events:
             raise ValueError("need 1 <= min_events <= window_events")
-        if self.window_seconds <= 0 or self.column_threshold <= 0 or self.n_components < 1:
-            raise ValueError("window_seconds, column_threshold and n_components must be positive")
+        if self.window_seconds <= 0 or self.column_threshold <= 0 or self.n_components < 1 or self.min_interval_s < 0:
+            raise ValueError("window_seconds, column_threshold and n_components must be positive, "
+                             "min_interval_s not negative")
         if not 0 < self.drift_share_threshold <= 1 or not 0 <= self.accuracy_drop <= 1:
             raise ValueError("drift_share_threshold must be in (0, 1] and accuracy_drop in [0, 1]")
         if self.baseline_accuracy is not None and not 0 <= self.baseline_accuracy <= 1:
@@ -322,6 +327,7 @@ class DriftMonitor:
         self.window = len(self._workspace.list_runs(self.project_id))  # continue numbering after a restart
         self._frames: list[pd.DataFrame] = []
         self._rows = 0
+        self.offered = 0  # rows added to this window, sampled-out ones included
         self._started: float | None = None
 
     @property
@@ -346,10 +352,19 @@ class DriftMonitor:
     ) -> None:
         """Add joined events to the current window; `correct`: was each prediction right."""
         _check_rows(texts, correct=correct)
-        frame = drift_frame(self.reference, texts, embeddings, predicted, confidence, users)
-        frame[CORRECT] = np.asarray(correct, dtype=np.float64)
+        keep = slice(-self.settings.window_events, None)  # rows that would be dropped are not computed
+        frame = drift_frame(self.reference, texts[keep], embeddings[keep], predicted[keep], confidence[keep],
+                            users[keep])
+        frame[CORRECT] = np.asarray(correct, dtype=np.float64)[keep]
         self._frames.append(frame)
         self._rows += len(frame)
+        self.offered += len(texts)
+        while self._rows > self.settings.window_events:  # a full window keeps its most recent rows
+            surplus, first = self._rows - self.settings.window_events, self._frames[0]
+            self._frames[0] = first.iloc[surplus:]
+            if self._frames[0].empty:
+                self._frames.pop(0)
+            self._rows -= min(surplus, len(first))
 
     def due(self, now: float) -> bool:
         """Window full, or `window_seconds` since it started with at least `min_events` rows.
@@ -359,7 +374,7 @@ class DriftMonitor:
         if self._started is None:
             self._started = now
         if self._rows >= self.settings.window_events:
-            return True
+            return now - self._started >= self.settings.min_interval_s
         return self._rows >= self.settings.min_events and now - self._started >= self.settings.window_seconds
 
     def run(self, now: float) -> DriftResult:
@@ -367,16 +382,16 @@ class DriftMonitor:
         if not self._rows:
             raise ValueError("the window is empty")
         try:
-            return self._run(pd.concat(self._frames, ignore_index=True))
+            return self._run(pd.concat(self._frames, ignore_index=True), self.offered)
         finally:
-            self._frames, self._rows, self._started = [], 0, now
+            self._frames, self._rows, self._started, self.offered = [], 0, now, 0
 
-    def _run(self, current: pd.DataFrame) -> DriftResult:
+    def _run(self, current: pd.DataFrame, offered: int) -> DriftResult:
         index, settings = self.window, self.settings
         current_data = Dataset.from_pandas(current, data_definition=self._definition)
         snapshot = _report(self.columns, settings).run(  # current first, reference second
             current_data, self._reference_data, name=f"window {index}",
-            metadata={"window": str(index), "n_events": str(len(current))})
+            metadata={"window": str(index), "n_events": str(len(current)), "events_seen": str(offered)})
         share, scores, accuracy = _read_results(snapshot.dict())
         ref = self._workspace.add_run(self.project_id, snapshot)
         report_path = self.workspace_dir / REPORTS_DIR / f"window-{index:06d}-{ref.id}.html"

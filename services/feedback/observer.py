@@ -63,6 +63,7 @@ class Observer:
         self.drift_settings = DriftSettings(
             window_events=settings.drift_window_events, window_seconds=settings.drift_window_s,
             min_events=min(settings.drift_min_events, settings.drift_window_events),
+            min_interval_s=settings.drift_min_interval_s,
             drift_share_threshold=settings.drift_share_threshold, accuracy_drop=settings.drift_accuracy_drop)
         self.outcomes: Counter[str] = Counter()
         self.last: DriftResult | None = None

@@ -39,6 +39,8 @@ class FeedbackSettings(CommonSettings):
     drift: bool = Field(True, description="Monitor drift (needs a drift reference in the model bundle).")
     drift_window_events: int = Field(2_000, ge=1, description="A drift window closes after this many events...")
     drift_window_s: float = Field(60.0, gt=0.0, description="...or after this many seconds.")
+    drift_min_interval_s: float = Field(10.0, ge=0.0, description="A full drift window closes no sooner than "
+                                        "this after the last; a busier stream is sampled (its newest rows).")
     drift_min_events: int = Field(200, ge=1, description="A timed-out drift window waits for this many events.")
     drift_share_threshold: float = Field(0.3, gt=0.0, le=1.0, description="Share of drifted columns that "
                                          "counts as drift.")

@@ -245,6 +245,26 @@ def test_due_by_events(reference: Reference, batches: dict[str, Rows], tmp_path:
     assert monitor.pending == 500 and monitor.due(now=2.0)
 
 
+def test_a_busy_stream_is_sampled_and_windows_close_no_more_often_than_min_interval(
+        reference: Reference, batches: dict[str, Rows], tmp_path: Path) -> None:
+    settings = DriftSettings(window_events=300, min_events=100, min_interval_s=10.0)
+    monitor = DriftMonitor(reference, tmp_path, settings=settings)
+    stable = batches["stable"]
+    assert not monitor.due(now=0.0)  # starts the clock
+    monitor.add(*_head(stable, 250).args())
+    monitor.add(*_head(stable, 200).args())
+    assert monitor.pending == 300 and monitor.offered == 450, "the newest 300 rows are kept"
+    assert not monitor.due(now=9.9), "full, but the last window closed less than 10 s ago"
+    monitor.add(*_head(stable, 1000).args())  # more than a window at once: only its newest rows are computed
+    assert monitor.pending == 300 and monitor.due(now=10.0)
+    expected = _head(stable, 1000)
+    kept = drift_frame(reference, expected.texts[-300:], expected.embeddings[-300:], expected.predicted[-300:],
+                       expected.confidence[-300:], expected.users[-300:])
+    window = pd.concat(monitor._frames, ignore_index=True)
+    pd.testing.assert_frame_equal(window[kept.columns].reset_index(drop=True), kept)
+    assert monitor.run(now=10.0).n_events == 300 and monitor.offered == 0
+
+
 def test_due_by_time_needs_min_events(reference: Reference, batches: dict[str, Rows], tmp_path: Path) -> None:
     monitor = DriftMonitor(reference, tmp_path, settings=DriftSettings(window_seconds=60.0, min_events=200))
     stable = batches["stable"]
