@@ -80,6 +80,7 @@ import math
 import multiprocessing as mp
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -644,7 +645,7 @@ def profile_service(shared: Shared, rate: float, interval: float, args: argparse
                (JoinStore, "expire", "join: expire"), (OnlineLearner, "learn_window", "learn_window (total)")]
     in_window = [(OnlineLearner, "batch", "  batch(): the window's, and the whole held-back set's again"),
                  (FTRLProximal, "predict_proba_many", "  FTRL predict: window (progressive), candidate on held-back"),
-                 (FTRLProximal, "learn_many", "  FTRL learn_many (mini-batches of 32)"),
+                 (FTRLProximal, "learn_in_batches", "  FTRL learn_in_batches (mini-batches of 32)"),
                  (ServingHead, "predict_proba_many", "  live head predict on held-back"),
                  (ServingHead, "apply", "  live head apply(delta): copies all weights"),
                  (FTRLProximal, "state_of", undo), (FTRLProximal, "restore", undo), (FTRLProximal, "delta", undo)]
@@ -1227,6 +1228,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers it started, as Ctrl-C does
     if args.replot:
         plot(json.loads(args.out.read_text())["summary"], args.plot)
         console.print(f"plot: {args.plot}")
