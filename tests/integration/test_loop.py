@@ -154,8 +154,9 @@ def test_new_phrasing_is_learned_flagged_as_drift_and_triggers_a_retrain(
     serving.announce(ModelUpdate(model=serving.settings.model_name, kind="full", version=str(base),
                                  base_version=base))
     assert wait_until(lambda: serving.current() == str(base), 60)
+    # Every 400 events a window, however fast they come: the first ones after the onset are the drift.
     service = feedback_service(serving, tmp_path, DRIFT_WINDOW_EVENTS="400", DRIFT_MIN_EVENTS="200",
-                               DRIFT_WINDOW_S="600")
+                               DRIFT_WINDOW_S="600", DRIFT_MIN_INTERVAL_S="0")
     assert service.process.env is not None
     service.process.env["PREFECT_API_URL"] = prefect_server
     service.start()
