@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import tempfile
 import time
 import uuid
@@ -17,8 +18,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Response
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from services.common.events import LoggedFeatures, PredictionEvent
@@ -211,6 +214,20 @@ class MeasureAndLimit:
             metrics.requests.labels(route, str(status[0])).inc()
 
 
+def _json_safe(value: Any) -> Any:
+    """`value` with what JSON cannot carry written as text: lone surrogates as their escapes, and
+    non-finite numbers as 'inf', '-inf' or 'nan'."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def create_app(settings: ServingSettings | None = None) -> FastAPI:
     service = Service(settings or ServingSettings())
 
@@ -244,6 +261,12 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             raise HTTPException(401, "missing or wrong bearer token")
 
     app.add_middleware(MeasureAndLimit, service=service)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes every input; one JSON cannot carry back (a lone surrogate, a number
+        # too large for a float) made it fail, and the client got 500 instead of this 422.
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
 
     async def predict_one(request: PredictRequest) -> Prediction:
         if len(request.text) > service.settings.max_text_chars:
@@ -307,7 +330,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         response.status_code = 200 if ready else 503
         return Readiness(ready=ready, model_loaded=ready, broker=broker, feature_store=features)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)  # the spec says text/plain, as it is
     async def metrics() -> Response:
         m, snapshot = service.metrics, service.store.current
         m.model.clear()

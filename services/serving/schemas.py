@@ -20,9 +20,15 @@ class PredictRequest(Strict):
 
     @field_validator("text")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
+    def _usable(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("text is empty or whitespace")
+        # JSON may escape a lone surrogate ("\ud800"), which no encoding can write: the tokenizer would fail
+        # the whole batch the request shares with others.
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError("text holds a lone surrogate (\\ud800-\\udfff), which is not valid Unicode") from None
         return value
 
 
