@@ -17,9 +17,11 @@ from flows.train import train_flow
 DRIFT_EVENT = "loopline.drift.detected"
 
 
-def build_deployments(cron: str = "0 3 * * *", encoder: str = "minilm") -> list[RunnerDeployment]:
-    """The nightly run and the drift-triggered run, same flow, same parameters."""
-    parameters = {"config": TrainConfig(encoder=encoder).model_dump(mode="json")}
+def build_deployments(cron: str = "0 3 * * *", encoder: str = "minilm",
+                      config: TrainConfig | None = None) -> list[RunnerDeployment]:
+    """The nightly run and the drift-triggered run, same flow, same parameters (`config`, else the
+    defaults with `encoder`)."""
+    parameters = {"config": (config or TrainConfig(encoder=encoder)).model_dump(mode="json")}
     nightly = train_flow.to_deployment(
         name="nightly", schedules=[Cron(cron, timezone="UTC")], parameters=parameters,
         description="Retrain every night, gate, register, deploy if not worse.", tags=["loopline"])
@@ -34,10 +36,10 @@ def build_deployments(cron: str = "0 3 * * *", encoder: str = "minilm") -> list[
     return [nightly, on_drift]
 
 
-def serve_deployments(cron: str = "0 3 * * *", encoder: str = "minilm") -> None:
+def serve_deployments(cron: str = "0 3 * * *", encoder: str = "minilm", config: TrainConfig | None = None) -> None:
     """Register both deployments and run their flow runs in this process until stopped."""
     # One run at a time: two runs would race on the champion alias and the Feast store.
-    serve(*build_deployments(cron, encoder), limit=1)
+    serve(*build_deployments(cron, encoder, config), limit=1)
 
 
 def emit_drift_detected(source: str, payload: dict[str, object]) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from loopline.cli_demo import demo
 from loopline.cli_feedback import promote
 from loopline.cli_models import models_app
 from loopline.cli_send import feedback_app
@@ -29,6 +30,7 @@ app.command("promote")(promote)
 app.command()(up)
 app.command()(status)
 app.command()(down)
+app.command()(demo)
 
 
 @data_app.command("generate")
@@ -79,13 +81,13 @@ def data_check(
 
 
 @app.command()
-def demo(
+def evaluate(
     out: Path = typer.Option(Path("out"), help="Where the report and plots go."),
     events: int = typer.Option(20_000, min=500, help="Utterances in the training stream."),
     seed: int = typer.Option(0),
     tiny_encoder: bool = typer.Option(False, help="Random tiny BERT instead of MiniLM (fast)."),
 ) -> None:
-    """Run the loop end to end on the embedded defaults and report what it measured."""
+    """Train and evaluate offline, in this process (no servers): stable and new_phrasing accuracy."""
     from dataclasses import replace
 
     from models.encoder import Encoder

@@ -71,18 +71,28 @@ def train(
 def serve(
     cron: str = typer.Option("0 3 * * *", help="Schedule of the nightly retrain (cron, UTC)."),
     encoder: str = typer.Option("minilm", help="Encoder the scheduled runs use."),
+    scenario: str = typer.Option("stable", help="Scenario of the generated traffic the runs train on."),
+    events: int = typer.Option(20_000, min=200, help="Generated utterances the runs train on."),
+    seed: int = typer.Option(0),
 ) -> None:
     """Register and serve the deployments: nightly cron and retrain on `loopline.drift.detected`."""
     import os
 
+    from pydantic import ValidationError
+
+    from flows.config import TrainConfig
     from flows.deployments import DRIFT_EVENT, serve_deployments
 
+    try:
+        config = TrainConfig(encoder=encoder, scenario=scenario, n_events=events, seed=seed)
+    except ValidationError as exc:
+        fail(describe_invalid(exc))
     if not os.environ.get("PREFECT_API_URL"):
         fail("PREFECT_API_URL is not set: start `prefect server start` (or `loopline up`) and export "
              "PREFECT_API_URL=http://127.0.0.1:4200/api; schedules only run against a real server")
     console.print(f"serving deployments: nightly ({cron}) and on-drift ({DRIFT_EVENT}); Ctrl-C stops")
     try:
-        serve_deployments(cron=cron, encoder=encoder)
+        serve_deployments(cron=cron, config=config)
     except ValueError as exc:
         fail(str(exc))
 

@@ -41,8 +41,8 @@ def test_data_check_accepts_good_and_explains_bad_files(tmp_path) -> None:
     assert runner.invoke(app, ["data", "check", str(bad), "--any-labels"]).exit_code == 0
 
 
-def test_demo_with_the_tiny_encoder_writes_its_report(tmp_path) -> None:
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--events", "2000",
+def test_evaluate_with_the_tiny_encoder_writes_its_report(tmp_path) -> None:
+    result = runner.invoke(app, ["evaluate", "--out", str(tmp_path), "--events", "2000",
                                  "--tiny-encoder"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 10_000
