@@ -14,7 +14,8 @@ stamped far in the future must not hold anything else back: the last two tests s
 
 The tests share the suite's feedback service and run in file order: the last one
 sends records stamped years ahead on every partition, which stays in the service's
-event time for as long as it runs.
+event time for as long as it runs. The tests of known defects are marked
+xfail(strict=True): fixing one makes its test pass, and the marker must go.
 """
 
 from __future__ import annotations
@@ -314,7 +315,24 @@ def test_each_malformed_event_is_dead_lettered_once_with_its_reason_and_good_tra
     assert_healthy(feedback)
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "defect: intake applies LOOPLINE_MAX_EVENT_BYTES to feedback only (services/feedback/intake.py "
+    "parse_prediction): a prediction event of any size is parsed and kept in the join store, though serving "
+    "never logs one over a few kB (texts are limited to LOOPLINE_MAX_TEXT_CHARS)"))
+def test_an_oversized_prediction_event_is_dead_lettered_as_too_large(serving: Serving, feedback: Feedback) -> None:
+    producer, broker = serving.producer, serving.settings.kafka_bootstrap_servers or ""
+    before = {t: consumed(feedback, t) for t in (PREDICTIONS, FEEDBACK)}
+    template = logged_prediction(serving, serving.predict("turn the volume down")["prediction_id"])
+    pid = "huge-" + uuid.uuid4().hex
+    huge = produce(producer, PREDICTIONS, pid, as_bytes(template | {"prediction_id": pid, "text": "x" * 200_000}),
+                   kind="prediction of 200 kB", reason="too_large")
+    wait_consumed(feedback, before, [huge], served=1)
+    assert wait_until(lambda: any((d.topic, d.partition, d.offset, d.reason) == (*huge.where, "too_large")
+                                  for d in read_dead_letters(broker)), 5)
+    assert_healthy(feedback)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "defect: JoinStore.expire pops waiting feedback from the front in arrival order and stops at the first "
     "one not yet due (services/feedback/join.py _pop_expired), so one feedback stamped years ahead for a "
     "prediction never made holds back the unmatched dead letters of all feedback after it, and `waiting` "
@@ -341,11 +359,12 @@ def test_a_far_future_feedback_does_not_hold_back_the_expiry_of_other_feedback(
         return any((d.topic, d.partition, d.offset) == ordinary.where and d.reason == "unmatched"
                    for d in read_dead_letters(broker))
 
-    assert wait_until(expired, 30), "feedback after a far-future one never expired as unmatched"
+    # Due LOOPLINE_FEEDBACK_WAIT_S (5 s here) + LOOPLINE_IDLE_S after it was sent.
+    assert wait_until(expired, 10), "feedback after a far-future one never expired as unmatched"
     assert_healthy(feedback)
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "defect: the watermark takes record timestamps as they come (services/feedback/service.py process, "
     "join.py Watermark), before the record is even parsed: one record stamped years ahead on each of the 8 "
     "partitions (garbage will do) moves event time years ahead, every pending prediction then expires at the "
@@ -374,6 +393,6 @@ def test_far_future_records_on_every_partition_do_not_stop_learning(serving: Ser
         return sorted(d.reason for d in read_dead_letters(broker) if (d.topic, d.partition, d.offset) in where)
 
     assert wait_until(lambda: letters() == ["invalid_json"] * len(poison), 30), letters()
-    assert wait_until(lambda: examples(feedback) >= learned_before + len(good), 30), \
+    assert wait_until(lambda: examples(feedback) >= learned_before + len(good), 10), \
         f"learned {examples(feedback) - learned_before} of {len(good)}; letters {dict(dead_letter_counts(feedback))}"
     assert_healthy(feedback)

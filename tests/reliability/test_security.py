@@ -25,6 +25,7 @@ import secrets
 import shutil
 import zipfile
 from collections.abc import Callable, Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any, cast
 
@@ -164,9 +165,10 @@ def test_feedback_promote_compares_the_token_in_constant_time(
     assert ok.status_code == 200 and service.promotions == 1
 
 
-@pytest.mark.xfail(strict=True, reason="defect: the feedback service's POST /promote needs no token when "
-                   "LOOPLINE_ADMIN_TOKEN is unset (services/feedback/metrics.py, settings.py), while admin "
-                   "actions need a token (DESIGN.md) and serving turns its admin routes off instead")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "defect: the feedback service's POST /promote needs no token when LOOPLINE_ADMIN_TOKEN is unset "
+    "(services/feedback/metrics.py, settings.py), while admin actions need a token (DESIGN.md) and serving "
+    "turns its admin routes off instead"))
 def test_feedback_promote_is_refused_without_a_configured_token(
         promote_port: Callable[[str | None], tuple[str, PromoteOnly]]) -> None:
     url, service = promote_port(None)
@@ -217,10 +219,11 @@ UNSAFE_CALLS = {"torch.load", "torch.save", "pd.read_pickle", "pandas.read_pickl
                 "yaml.full_load", "mlflow.sklearn.load_model", "mlflow.pytorch.load_model"}
 
 
-def project_sources() -> Iterator[tuple[Path, ast.Module]]:
-    for folder in SOURCE_DIRS:
-        for path in sorted((REPO / folder).rglob("*.py")):
-            yield path.relative_to(REPO), ast.parse(path.read_text(), str(path))
+@cache
+def project_sources() -> list[tuple[Path, ast.Module]]:
+    """Every Python file of the project (tests aside), parsed once."""
+    return [(path.relative_to(REPO), ast.parse(path.read_text(), str(path)))
+            for folder in SOURCE_DIRS for path in sorted((REPO / folder).rglob("*.py"))]
 
 
 def pickle_uses(tree: ast.Module) -> list[str]:
@@ -404,7 +407,7 @@ def test_the_admin_token_comes_from_the_environment_and_is_never_shown(
 
 @pytest.mark.parametrize("cls", [
     ServingSettings,
-    pytest.param(FeedbackSettings, marks=pytest.mark.xfail(strict=True, reason=(
+    pytest.param(FeedbackSettings, marks=pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
         "defect: FeedbackSettings.admin_token accepts placeholders such as 'changeme' "
         "(ServingSettings refuses them at start; services/feedback/settings.py)"))),
 ])

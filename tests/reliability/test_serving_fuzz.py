@@ -38,8 +38,8 @@ POSITIVE, NEGATIVE = GenerationMode.POSITIVE, GenerationMode.NEGATIVE
 # Operation, generation mode, examples. Operations without input have nothing to make invalid; a reload
 # takes no input but the token, and each one loads the champion again.
 RUNS = [
-    ("POST /v1/predict", POSITIVE, 150), ("POST /v1/predict", NEGATIVE, 150),
-    ("POST /v1/predict/batch", POSITIVE, 100), ("POST /v1/predict/batch", NEGATIVE, 100),
+    ("POST /v1/predict", POSITIVE, 80), ("POST /v1/predict", NEGATIVE, 80),
+    ("POST /v1/predict/batch", POSITIVE, 40), ("POST /v1/predict/batch", NEGATIVE, 40),
     ("POST /v1/admin/rollback", POSITIVE, 30), ("POST /v1/admin/rollback", NEGATIVE, 30),
     ("POST /v1/admin/reload", POSITIVE, 5),
     ("GET /v1/models/current", POSITIVE, 1), ("GET /healthz", POSITIVE, 1), ("GET /readyz", POSITIVE, 1),
