@@ -176,16 +176,27 @@ def test_feedback_promote_is_refused_without_a_configured_token(
     assert response.status_code in (401, 403) and service.promotions == 0
 
 
+def secret_equality(tree: ast.Module) -> list[str]:
+    """`==` and `!=` comparisons of something whose name says it is secret."""
+    return [f"{node.lineno}: {ast.unparse(node)}" for node in ast.walk(tree)
+            if isinstance(node, ast.Compare) and any(isinstance(op, ast.Eq | ast.NotEq) for op in node.ops)
+            and any(SECRET_FIELD.search(ast.unparse(part)) for part in (node.left, *node.comparators))]
+
+
+@pytest.mark.parametrize(("snippet", "flagged"), [
+    ("ok = given == settings.admin_token.get_secret_value()", True),
+    ("if request.headers['Authorization'] != 'Bearer ' + TOKEN: pass", True),
+    ("if token is None: pass", False),
+    ("if len(tokens) == 0 or tokenizer == other: pass", False),
+])
+def test_the_equality_scan_flags_secret_comparisons(snippet: str, flagged: bool) -> None:
+    assert bool(secret_equality(ast.parse(snippet))) is flagged
+
+
 def test_no_secret_is_compared_with_equality_operators() -> None:
     """`==` on a token leaks its prefix through timing; the tests above catch the admin paths, this one any
     other comparison of a value whose name says it is secret."""
-    found = []
-    for path, tree in project_sources():
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Compare) and any(isinstance(op, ast.Eq | ast.NotEq) for op in node.ops):
-                names = [ast.unparse(part) for part in (node.left, *node.comparators)]
-                if any(SECRET_FIELD.search(n) for n in names):
-                    found.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
+    found = [f"{path}:{use}" for path, tree in project_sources() for use in secret_equality(tree)]
     assert not found, found
 
 
