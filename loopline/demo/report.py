@@ -145,11 +145,11 @@ def summarize(answers: Sequence[Answer], feedback: Sequence[SentFeedback], faile
     retrain = None
     if runs:
         run = sorted(runs, key=lambda r: r.start or math.inf)[0]
-        made = [v.version for v in versions if v.source == "retrain"]
+        made = sorted((v for v in versions if v.source == "retrain"), key=lambda v: v.version)
         state = f"stopped at the time budget ({run.state})" if retrain_cut else run.state
         retrain = {"flow_run": run.name, "state": state,
                    "seconds": None if run.start is None or run.end is None else run.end - run.start,
-                   "version": made[0] if made else None}
+                   "version": made[0].version if made else None, "decision": made[0].decision if made else None}
 
     def windows(decision: str) -> int:
         return int(metrics.get(f'loopline_feedback_windows_total{{decision="{decision}"}}', 0.0))
@@ -208,6 +208,8 @@ def summary_table(s: Summary) -> Table:
     if s.retrain is not None:
         took = _fmt(s.retrain["seconds"], ".0f", " s")
         made = f", registered v{s.retrain['version']}" if s.retrain["version"] else ""
+        if s.retrain["decision"]:
+            made += f" ({s.retrain['decision']})"
         rows.append(("retrain on drift", s.retrain["state"], f"flow run {s.retrain['flow_run']}, {took}{made}"))
     rows.append(("wall time", f"{s.wall_s / 60:.1f} min", "set-up, stack, training, replay, summary"))
     for row in rows:
@@ -243,8 +245,9 @@ def plot(path: Path, answers: Sequence[Answer], rolling: int, updates: Sequence[
         if v.source == "train" and v.created < start:
             continue
         color = "tab:purple" if v.source == "retrain" else "tab:gray"
+        kept = " (not champion)" if v.decision.startswith("kept") else ""
         ax.axvline(v.created - start, color=color, lw=1, ls=":")
-        ax.text(v.created - start, 1.0, f" v{v.version} {v.source}", rotation=90, va="top", ha="right",
+        ax.text(v.created - start, 1.0, f" v{v.version} {v.source}{kept}", rotation=90, va="top", ha="right",
                 fontsize=8, color=color)
     for run in runs:
         if run.start is not None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import uuid
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from loopline.demo.plan import DemoPlan, FeedbackModel
-from loopline.demo.report import freshness, held_back, plot, rolling_accuracy, summarize
+from loopline.demo.report import freshness, held_back, plot, rolling_accuracy, summarize, summary_table
 from loopline.demo.simulator import Answer, SentFeedback
 from loopline.demo.watch import FlowRun, RegistryVersion, Update, parse_metrics, version_key
 from models.traffic import generate
@@ -112,7 +114,15 @@ def test_summary_numbers_come_from_the_recorded_answers_and_metrics(tmp_path) ->
     assert (s.updates_published, s.updates_rejected, s.drift_windows) == (7, 1, 3)
     assert s.updates_served == 1 and s.answers_by_online_head == 350
     assert [v["source"] for v in s.versions] == ["train", "online", "retrain"]
-    assert s.retrain == {"flow_run": "brave-fox", "state": "Completed", "seconds": 80.0, "version": 3}
+    assert s.retrain == {"flow_run": "brave-fox", "state": "Completed", "seconds": 80.0, "version": 3,
+                         "decision": "promoted"}
+    cut = summarize(answers, feedback, 2, 200, 50, fresh, metrics, None, versions, runs, retrain_cut=True)
+    assert cut.retrain is not None and cut.retrain["state"] == "stopped at the time budget (Completed)"
+    assert not cut.drift_detected and cut.drift_after_requests is None
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(summary_table(cut))
+    text = console.export_text()
+    assert "not detected" in text and "stopped at the time budget" in text
     assert s.freshness_p50_s is None and s.freshness_excluded["unpublished"] > 0
 
     png = plot(tmp_path / "demo.png", answers, 50, [Update("1+ftrl.1", "delta", 1, 1, 1010.0, 1010.2)],
