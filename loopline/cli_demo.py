@@ -30,7 +30,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from loopline.cli_stack import STATE_HELP, _settings
+from loopline.cli_stack import STATE_HELP, _port, _settings
 from loopline.ui import console, fail, progress_display
 
 if TYPE_CHECKING:
@@ -66,6 +66,12 @@ def demo(
     seed: int = typer.Option(0),
     retrain: bool = typer.Option(True, help="Run `loopline flows serve`, so a drift alert starts a retrain."),
     reset: bool = typer.Option(False, help="Stop a stack found in the state folder and delete its data first."),
+    broker_port: int | None = _port("broker", "LOOPLINE_BROKER_PORT", 9092),
+    mlflow_port: int | None = _port("mlflow", "LOOPLINE_MLFLOW_PORT", 5000),
+    prefect_port: int | None = _port("prefect", "LOOPLINE_PREFECT_PORT", 4200),
+    evidently_port: int | None = _port("evidently", "LOOPLINE_EVIDENTLY_PORT", 8002),
+    serving_port: int | None = _port("serving", "LOOPLINE_PORT", 8000),
+    feedback_port: int | None = _port("feedback", "LOOPLINE_METRICS_PORT", 8001),
 ) -> None:
     """Run the whole loop on the embedded stack and report what it measured (the stack stays up)."""
     began = time.time()
@@ -78,7 +84,9 @@ def demo(
         plan = DemoPlan.make(cast(Size, size), encoder, seed, events, rate, retrain)
     except ValueError as exc:
         fail(str(exc))
-    settings = _settings(state_dir=state_dir)
+    settings = _settings(state_dir=state_dir, broker_port=broker_port, mlflow_port=mlflow_port,
+                         prefect_port=prefect_port, evidently_port=evidently_port, serving_port=serving_port,
+                         feedback_port=feedback_port)
     _quiet_logs()
     _fresh_state(settings.state_dir.resolve(), reset)
     try:
@@ -114,8 +122,8 @@ def demo(
         console.rule("[bold]5. summary")
         _report(plan, stack, sim, watch, out, began, cut)
     except DemoError as exc:
-        fail(f"{exc}\nthe stack is left running for a look: `loopline status{_state_flag(stack)}`, "
-             f"then `loopline down{_state_flag(stack)}`")
+        fail(f"{exc}\nwhat runs is left for a look: `loopline status{_state_flag(stack)}` shows it, "
+             f"`loopline down{_state_flag(stack)}` stops it")
     except typer.Exit:
         raise
     except Exception as exc:  # a bug or an unexpected answer: say where, keep what runs for a look
@@ -217,7 +225,7 @@ def _up(stack: Stack) -> None:
         with console.status("starting parts of the stack (MLflow and Prefect take 20-60 s)..."):
             stack.up(report)
     except (StackError, ProcessError) as exc:
-        raise DemoError(f"the stack did not start: {exc}") from exc
+        raise DemoError(f"the stack did not start (what this step started was stopped again): {exc}") from exc
 
 
 def _train(plan: DemoPlan, stack: Stack) -> int:
