@@ -107,7 +107,16 @@ from infra.process import HOST, ManagedProcess, free_port
 from models.bundle import HEAD_FILE
 from models.ftrl import FTRLProximal
 from models.traffic import TrafficConfig, generate
-from services.common.events import FEEDBACK, MODEL_UPDATES, PREDICTIONS, FeedbackEvent, ModelUpdate, PredictionEvent
+from services.common.events import (
+    FEEDBACK,
+    MODEL_UPDATES,
+    PREDICTION_SCHEMA_VERSION,
+    PREDICTIONS,
+    SCHEMA_VERSION,
+    FeedbackEvent,
+    ModelUpdate,
+    PredictionEvent,
+)
 from services.feedback.learner import LearnSettings, OnlineLearner
 
 console = Console(width=shutil.get_terminal_size((200, 40)).columns)  # wide tables unwrapped in logs
@@ -142,10 +151,10 @@ class Pool:
     tails: list[bytes]  # the event's JSON after `"prediction_id":"..."`: model version, user, features, ...
 
     def prediction(self, row: int, event_id: str, t: float, prediction_id: str) -> bytes:
-        return _event_head(event_id, t, prediction_id) + self.tails[row]
+        return _event_head(PREDICTION_SCHEMA_VERSION, event_id, t, prediction_id) + self.tails[row]
 
     def feedback(self, row: int, event_id: str, t: float, prediction_id: str) -> bytes:
-        return _event_head(event_id, t, prediction_id) + self._label_tails[row]
+        return _event_head(SCHEMA_VERSION, event_id, t, prediction_id) + self._label_tails[row]
 
     def __post_init__(self) -> None:
         self._label_tails = [f',"label":"{label}","source":"bench-freshness"}}'.encode() for label in self.labels]
@@ -164,8 +173,9 @@ class Pool:
         return cls(texts, user_ids, labels, [raw[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)])
 
 
-def _event_head(event_id: str, t: float, prediction_id: str) -> bytes:
-    return f'{{"schema_version":1,"event_id":"{event_id}","time":{t!r},"prediction_id":"{prediction_id}"'.encode()
+def _event_head(schema_version: int, event_id: str, t: float, prediction_id: str) -> bytes:
+    return (f'{{"schema_version":{schema_version},"event_id":"{event_id}","time":{t!r},'
+            f'"prediction_id":"{prediction_id}"').encode()
 
 
 def build_pool(bundle: Path, feast_dir: Path, size: int, seed: int) -> Pool:
@@ -182,7 +192,7 @@ def build_pool(bundle: Path, feast_dir: Path, size: int, seed: int) -> Pool:
     online = dict(zip(unique, map(user_fields, rows), strict=True))
     users = [online[u] for u in user_ids]
     predictor = Predictor(bundle, threads=os.cpu_count() or 1)
-    head = _event_head(SENTINEL_EVENT, 0.0, SENTINEL_PREDICTION)
+    head = _event_head(PREDICTION_SCHEMA_VERSION, SENTINEL_EVENT, 0.0, SENTINEL_PREDICTION)
     tails: list[bytes] = []
     with progress_bar() as bar:
         task = bar.add_task("prediction events, as serving makes them", total=size, status="")

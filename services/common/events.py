@@ -6,7 +6,7 @@ import base64
 import binascii
 import time
 import uuid
-from typing import Literal
+from typing import Final, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,41 +42,58 @@ FEEDBACK = "feedback"
 FEEDBACK_DLQ = "feedback-dlq"
 
 
+PREDICTION_SCHEMA_VERSION: Final = 2  # 2: features as base64 arrays (1 had JSON number lists)
+
+
+def _pack(array: np.ndarray, dtype: str) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype).tobytes()).decode()
+
+
+def _unpack(field: str, text: str, dtype: str) -> np.ndarray:
+    try:
+        raw = binascii.a2b_base64(text, strict_mode=True)
+    except binascii.Error as exc:
+        raise ValueError(f"features.{field} is not base64: {exc}") from None
+    if len(raw) % 4:
+        raise ValueError(f"features.{field} has {len(raw)} bytes, not whole 4-byte values")
+    return np.frombuffer(raw, dtype=dtype)  # read-only, no copy: nothing writes to logged inputs
+
+
 class LoggedFeatures(BaseModel):
     """The model input serving computed: hashed sparse features and the encoder's embedding.
 
-    The embedding travels as base64 of little-endian float32: as a JSON list its 384
-    numbers were two thirds of the event's bytes and most of the feedback service's
-    parsing time, and float32 is what learning keeps of it anyway.
+    Each array travels as base64 of little-endian 4-byte values (indices int32, values
+    and embedding float32): as JSON number lists they were most of an event's bytes,
+    most of serving's encoding and of the feedback service's parsing time, and float32
+    is what learning keeps of them anyway.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    indices: list[int]
-    values: list[float]
+    indices: str = Field(description="base64 of the hashed feature indices as little-endian int32")
+    values: str = Field(description="base64 of the feature values as little-endian float32")
     embedding: str | None = Field(description="base64 of the embedding as little-endian float32, or null")
 
     @classmethod
     def of(cls, indices: np.ndarray, values: np.ndarray, embedding: np.ndarray | None) -> LoggedFeatures:
-        packed = None if embedding is None else base64.b64encode(np.asarray(embedding, "<f4").tobytes()).decode()
-        return cls(indices=indices.tolist(), values=values.tolist(), embedding=packed)
+        return cls(indices=_pack(indices, "<i4"), values=_pack(values, "<f4"),
+                   embedding=None if embedding is None else _pack(embedding, "<f4"))
 
-    def embedding_array(self) -> np.ndarray | None:
-        """The embedding as float32; ValueError if it is not base64 of whole float32 values."""
-        if self.embedding is None:
-            return None
-        try:
-            raw = binascii.a2b_base64(self.embedding, strict_mode=True)
-        except binascii.Error as exc:
-            raise ValueError(f"features.embedding is not base64: {exc}") from None
-        if len(raw) % 4:
-            raise ValueError(f"features.embedding has {len(raw)} bytes, not whole float32 values")
-        return np.frombuffer(raw, dtype="<f4")  # read-only, no copy: nothing writes to logged inputs
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(indices int32, values float32, embedding float32 or None); ValueError if a field is not
+        base64 of whole 4-byte values or indices and values differ in length."""
+        indices, values = _unpack("indices", self.indices, "<i4"), _unpack("values", self.values, "<f4")
+        if len(indices) != len(values):
+            raise ValueError(f"features.indices and features.values differ in length ({len(indices)} and "
+                             f"{len(values)})")
+        embedding = None if self.embedding is None else _unpack("embedding", self.embedding, "<f4")
+        return indices, values, embedding
 
 
 class PredictionEvent(Event):
     """On `predictions`, key `prediction_id`: what the model saw and said, so learning uses exactly that."""
 
+    schema_version: Literal[2] = PREDICTION_SCHEMA_VERSION
     prediction_id: str = Field(min_length=1, max_length=64)
     model_version: str
     user_id: str | None = None

@@ -77,25 +77,21 @@ def parse_prediction(record: Record, sparse_dim: int, dense_dim: int) -> StoredP
         event = PredictionEvent.model_validate_json(record.value)
     except ValidationError as exc:
         return _schema_problem(record, exc)
-    features = event.features
-    if len(features.indices) != len(features.values):
-        return dead_letter(record, "wrong_schema", "features.indices and features.values differ in length")
-    # Python's min and max on the short list cost less than two numpy reductions.
-    if features.indices and not 0 <= min(features.indices) <= max(features.indices) < sparse_dim:
-        return dead_letter(record, "wrong_schema", f"features.indices outside 0..{sparse_dim - 1}")
     try:
-        embedding = features.embedding_array()
+        indices, values, embedding = event.features.arrays()
     except ValueError as exc:
         return dead_letter(record, "wrong_schema", str(exc))
-    indices, values = np.asarray(features.indices, dtype=np.int64), np.asarray(features.values, dtype=np.float32)
-    # A sum is finite only if every term is (or overflows, which is no input to learn from either).
+    # Sums are finite only if every term is (or overflow, which is no input to learn from either).
     if not (np.isfinite(values.sum()) and (embedding is None or np.isfinite(embedding.sum()))):
         return dead_letter(record, "wrong_schema", "features.values or features.embedding are not all finite")
+    if len(indices) and not (indices.min() >= 0 and indices.max() < sparse_dim):
+        return dead_letter(record, "wrong_schema", f"features.indices outside 0..{sparse_dim - 1}")
     if dense_dim and (embedding is None or len(embedding) != dense_dim):
         return dead_letter(record, "wrong_schema", f"features.embedding must have {dense_dim} values")
     return StoredPrediction(
         event.prediction_id, record.ts, event.model_version, event.user_id, event.text, event.intent,
-        max(event.probabilities.values(), default=0.0), indices, values, embedding, event.user)
+        max(event.probabilities.values(), default=0.0), indices.astype(np.int64), values, embedding,
+        event.user)
 
 
 def parse(record: Record, classes: Collection[str], sparse_dim: int, dense_dim: int, max_bytes: int

@@ -190,17 +190,20 @@ def test_every_bad_event_goes_to_the_dead_letters_with_its_reason(settings, trai
 def test_predictions_with_unusable_features_are_dead_lettered_with_what_is_wrong(settings, trained) -> None:
     svc = service(settings, trained)
     good = json.loads(next(r for r in stream(trained, n=5) if r.topic == PREDICTIONS).value)
-    dim = len(LoggedFeatures.model_validate(good["features"]).embedding_array())
+    indices, _, embedding = LoggedFeatures.model_validate(good["features"]).arrays()
+    dim = len(embedding)
 
     def broken(**features: object) -> bytes:
         return json.dumps({**good, "features": {**good["features"], **features}}).encode()
 
     cases = {
         "not base64": broken(embedding="not base64!"),
-        "whole float32 values": broken(embedding=base64.b64encode(b"\0" * 6).decode()),
+        "whole 4-byte values": broken(embedding=base64.b64encode(b"\0" * 6).decode()),
         f"must have {dim} values": broken(embedding=base64.b64encode(np.zeros(dim - 1, "<f4").tobytes()).decode()),
         "not all finite": broken(embedding=base64.b64encode(np.full(dim, np.nan, "<f4").tobytes()).decode()),
-        "outside 0..": broken(indices=[-1, *good["features"]["indices"][1:]]),
+        "outside 0..": broken(indices=base64.b64encode(np.r_[-1, indices[1:]].astype("<i4")).decode()),
+        "differ in length": broken(values=base64.b64encode(np.ones(len(indices) + 1, "<f4")).decode()),
+        "schema_version": json.dumps({**good, "schema_version": 1}).encode(),
     }
     for offset, value in enumerate(cases.values()):
         svc.process(Record(PREDICTIONS, 0, offset, "k", value, T0), now=T0)

@@ -60,10 +60,10 @@ def test_champion_answers_and_the_prediction_is_logged_with_its_features(serving
     predictor = Predictor(serving.work / "v1")
     expected = predictor.features([text], [fields])
     csr = expected.sparse.tocsr()
-    assert event["features"]["indices"] == csr.indices.tolist()
-    np.testing.assert_allclose(event["features"]["values"], csr.data, rtol=1e-6)
-    logged = LoggedFeatures.model_validate(event["features"]).embedding_array()
-    np.testing.assert_allclose(logged, expected.dense[0], atol=1e-5)
+    indices, values, embedding = LoggedFeatures.model_validate(event["features"]).arrays()
+    assert indices.tolist() == csr.indices.tolist()
+    np.testing.assert_allclose(values, csr.data, rtol=1e-6)
+    np.testing.assert_allclose(embedding, expected.dense[0], atol=1e-5)
     without_user = predictor.features([text]).sparse.tocsr().indices
     assert set(without_user) < set(csr.indices), "user features took part"
     assert event["probabilities"][body["intent"]] == pytest.approx(body["probabilities"][0]["probability"])

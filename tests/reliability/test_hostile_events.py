@@ -205,23 +205,26 @@ def bad_predictions(template: dict[str, Any], dim: int) -> list[Bad]:
         event["features"] |= features
         return pid, event | changes
 
-    def packed(values: np.ndarray) -> str:
-        return base64.b64encode(values.astype("<f4").tobytes()).decode()
+    def packed(values: np.ndarray, dtype: str = "<f4") -> str:
+        return base64.b64encode(values.astype(dtype).tobytes()).decode()
 
     rng = random.Random(11)
-    indices = template["features"]["indices"]
+    n = len(base64.b64decode(template["features"]["indices"])) // 4
     out: list[tuple[str, str | None, bytes, str]] = []
     pid, event = variant()
     out.append(("prediction: truncated JSON", pid, as_bytes(event)[: len(as_bytes(event)) // 2], "invalid_json"))
     out.append(("prediction: binary garbage", "garbage", b"\x00" + bytes(rng.randrange(256) for _ in range(500)),
                 "invalid_json"))
     cases: list[tuple[str, dict[str, Any]]] = [
-        ("prediction: indices are words", {"features": {"indices": [f"i{i}" for i in indices]}}),
-        ("prediction: a NaN feature value", {"features": {"values": [float("nan")] * len(indices)}}),
-        ("prediction: an infinite feature value", {"features": {"values": [float("inf")] * len(indices)}}),
-        ("prediction: a value float32 cannot hold", {"features": {"values": [1e39] * len(indices)}}),
-        ("prediction: indices and values differ in length", {"features": {"values": [1.0]}}),
-        ("prediction: a feature index out of range", {"features": {"indices": [2**40] * len(indices)}}),
+        ("prediction: schema 1 (features as number lists)",
+         {"schema_version": 1, "features": {"indices": list(range(n)), "values": [1.0] * n}}),
+        ("prediction: indices that are not base64", {"features": {"indices": "i1 i2 i3"}}),
+        ("prediction: NaN feature values", {"features": {"values": packed(np.full(n, np.nan))}}),
+        ("prediction: infinite feature values", {"features": {"values": packed(np.full(n, np.inf))}}),
+        ("prediction: values of 6 bytes", {"features": {"values": base64.b64encode(bytes(6)).decode()}}),
+        ("prediction: indices and values differ in length", {"features": {"values": packed(np.ones(1))}}),
+        ("prediction: a feature index out of range", {"features": {"indices": packed(np.full(n, 2**30), "<i4")}}),
+        ("prediction: a negative feature index", {"features": {"indices": packed(np.full(n, -1), "<i4")}}),
         ("prediction: embedding that is not base64", {"features": {"embedding": "not*base64!"}}),
         ("prediction: embedding of the wrong length", {"features": {"embedding": packed(np.ones(dim + 3))}}),
         ("prediction: NaN in the embedding", {"features": {"embedding": packed(np.full(dim, np.nan))}}),
