@@ -23,6 +23,11 @@ class FeedbackSettings(CommonSettings):
     max_remembered_ids: int = Field(1_000_000, ge=1, description="Feedback event ids (for duplicates) and "
                                     "labeled prediction ids kept at most, each (oldest go).")
     max_event_bytes: int = Field(64_000, ge=1, description="Larger feedback events go to the DLQ as too_large.")
+    max_prediction_bytes: int = Field(128_000, ge=1, description="Larger prediction events go to the DLQ as "
+                                      "too_large. Serving logs the hashed features of the text: about 55 kB "
+                                      "at its default LOOPLINE_MAX_TEXT_CHARS (1,000); raise both together.")
+    max_clock_skew_s: float = Field(60.0, gt=0.0, description="Records stamped more than this ahead of the "
+                                    "service's clock go to the DLQ as far_future and do not count as event time.")
     holdout_share: float = Field(0.1, gt=0.0, lt=1.0, description="Share of feedback held back to judge updates.")
     holdout_size: int = Field(2_000, ge=10, description="Recent held-back examples the gate uses.")
     min_holdout: int = Field(50, ge=1, description="No update is published before this many are held back.")
