@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, refuse_placeholder_token
 
 
 class FeedbackSettings(CommonSettings):
@@ -40,7 +40,7 @@ class FeedbackSettings(CommonSettings):
     champion_check_s: float = Field(30.0, gt=0.0, description="How often the registry's champion is checked "
                                     "(a retrain that moved it restarts learning from it).")
     admin_token: SecretStr | None = Field(None, description="Bearer token `loopline promote` must send; "
-                                          "unset: promote needs none (the port listens on 127.0.0.1 only).")
+                                          "unset: POST /promote is off.")
     drift: bool = Field(True, description="Monitor drift (needs a drift reference in the model bundle).")
     drift_window_events: int = Field(2_000, ge=1, description="A drift window closes after this many events...")
     drift_window_s: float = Field(60.0, gt=0.0, description="...or after this many seconds.")
@@ -57,3 +57,5 @@ class FeedbackSettings(CommonSettings):
     push_user_stats: bool = Field(True, description="Push per-user correction stats to Feast.")
     feast_state_dir: Path | None = Field(None, description="State folder whose feast/ store serving reads; "
                                          "default: state_dir.")
+
+    _no_placeholder = field_validator("admin_token")(refuse_placeholder_token)
