@@ -12,6 +12,9 @@ process group of its own (`infra.process.ManagedProcess`) with `<name>.log` and
     stack.parts["serving"].url   # http://127.0.0.1:8000
     stack.client_env()           # LOOPLINE_* and PREFECT_API_URL for clients of this stack
 
+Serving and the feedback service get `LOOPLINE_ADMIN_TOKEN` from the environment of `up`,
+or else the token `up` generated in `<state folder>/admin-token` (`services.common.admin`).
+
 Each process carries `LOOPLINE_STACK_PART=<state folder>:<part>` in its environment,
 so a PID file whose pid now belongs to some other process is recognised as stale
 and nothing but what `up` started is ever signalled.
@@ -38,6 +41,7 @@ from pydantic_settings import SettingsConfigDict
 
 from infra import broker, mlflow_server, prefect_server
 from infra.process import HOST, ManagedProcess, ProcessError, port_is_free
+from services.common.admin import ensure_stack_admin_token, stack_admin_token
 from services.common.settings import CommonSettings
 from services.feedback.settings import FeedbackSettings
 from services.serving.settings import ServingSettings
@@ -194,6 +198,8 @@ class Stack:
         else:
             env = {k: v for k, v in os.environ.items() if k != "LOOPLINE_BUNDLE"}  # the stack serves @champion
             env.update(self.client_env(), LOOPLINE_HOST=HOST)
+            if not env.get("LOOPLINE_ADMIN_TOKEN") and (token := stack_admin_token(self.state_dir)) is not None:
+                env["LOOPLINE_ADMIN_TOKEN"] = token  # in the environment only, never on the command line
             command = "serve" if name == "serving" else "feedback"
             proc = ManagedProcess(name, [sys.executable, "-m", "loopline", command], self.state_dir, env=env, url=url)
         return proc
@@ -241,6 +247,8 @@ class Stack:
         """Start what does not run yet, wait until healthy; on any failure stop what this call started."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with self._lock():
+            if not os.environ.get("LOOPLINE_ADMIN_TOKEN"):  # admin actions need a token: one of the stack's own
+                ensure_stack_admin_token(self.state_dir)
             running = {name: proc for name in PART_NAMES if (proc := self.handle(name)) is not None}
             for name, proc in running.items():
                 try:

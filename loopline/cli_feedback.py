@@ -33,6 +33,8 @@ def feedback() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    if token is None:
+        console.print("[yellow]POST /promote is off[/]: LOOPLINE_ADMIN_TOKEN is not set")
     try:
         serve_metrics(service, settings.metrics_port, token)
     except OSError as exc:
@@ -47,10 +49,13 @@ def feedback() -> None:
 
 
 def promote() -> None:
-    """Register the feedback service's online head as a registry version now; move `champion` if it passes."""
+    """Register the feedback service's online head as a registry version now; move `champion` if it passes.
+
+    Sends LOOPLINE_ADMIN_TOKEN, or else the token `loopline up` generated in LOOPLINE_STATE_DIR."""
     import httpx
     from pydantic import ValidationError
 
+    from services.common.admin import stack_admin_token
     from services.feedback.settings import FeedbackSettings
 
     try:
@@ -58,7 +63,11 @@ def promote() -> None:
     except ValidationError as exc:
         fail(describe_invalid(exc))
     url = f"http://127.0.0.1:{settings.metrics_port}/promote"
-    headers = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"} if settings.admin_token else {}
+    token = settings.admin_token.get_secret_value() if settings.admin_token else stack_admin_token(settings.state_dir)
+    if token is None:
+        fail("no admin token: set LOOPLINE_ADMIN_TOKEN to the feedback service's, or for a `loopline up` stack "
+             'run `eval "$(loopline status --env)"` so that LOOPLINE_STATE_DIR names its state folder')
+    headers = {"Authorization": f"Bearer {token}"}
     with console.status("waiting for the next update window to finish..."):
         try:
             response = httpx.post(url, headers=headers, timeout=330)

@@ -113,7 +113,7 @@ class FeedbackEvent(Event):
 
 
 DeadLetterReason = Literal["invalid_json", "wrong_schema", "unknown_label", "duplicate", "unmatched",
-                           "already_labeled", "too_large", "stale_model"]
+                           "already_labeled", "too_large", "stale_model", "far_future"]
 
 
 class DeadLetter(Event):

@@ -9,8 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "token"}
+
+
+def refuse_placeholder_token(value: SecretStr | None) -> SecretStr | None:
+    """An admin token validator for every service: a placeholder left in an env file is no secret."""
+    if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+        raise ValueError("LOOPLINE_ADMIN_TOKEN is a placeholder; set a real secret or leave it unset")
+    return value
 
 
 class CommonSettings(BaseSettings):

@@ -72,7 +72,27 @@ def parse_feedback(record: Record, classes: Collection[str], max_bytes: int) -> 
                           record.offset, record.key, record.value)
 
 
-def parse_prediction(record: Record, sparse_dim: int, dense_dim: int) -> StoredPrediction | DeadLetter:
+def far_future(record: Record, now: float, max_skew_s: float) -> DeadLetter | None:
+    """A dead letter for a record stamped more than `max_skew_s` ahead of the clock `now`, else None.
+
+    Judged against the wall clock, not against the event time the partitions have reached: a bound
+    on event time moves with every record it lets through, so records each just inside it would
+    walk event time ahead as far as a producer likes, and honest traffic after a pause longer than
+    the bound (or a partition catching up behind the others) would be refused. A replay after a
+    crash reads with a later clock, so it can only take a record the first run refused, never
+    refuse one it took: what the first run learned is learned the same way again, and a record it
+    refused was stamped beyond the bound when first read, after the windows released by then.
+    """
+    if record.ts <= now + max_skew_s:
+        return None
+    return dead_letter(record, "far_future", f"record timestamp {record.ts:.3f} is {record.ts - now:.0f} s ahead "
+                       f"of the service's clock (LOOPLINE_MAX_CLOCK_SKEW_S is {max_skew_s:g})")
+
+
+def parse_prediction(record: Record, sparse_dim: int, dense_dim: int, max_bytes: int
+                     ) -> StoredPrediction | DeadLetter:
+    if len(record.value) > max_bytes:
+        return dead_letter(record, "too_large", f"{len(record.value)} bytes, the limit is {max_bytes}")
     try:
         event = PredictionEvent.model_validate_json(record.value)
     except ValidationError as exc:
@@ -94,10 +114,11 @@ def parse_prediction(record: Record, sparse_dim: int, dense_dim: int) -> StoredP
         event.user)
 
 
-def parse(record: Record, classes: Collection[str], sparse_dim: int, dense_dim: int, max_bytes: int
-          ) -> StoredPrediction | StoredFeedback | DeadLetter:
+def parse(record: Record, classes: Collection[str], sparse_dim: int, dense_dim: int, max_bytes: int,
+          max_prediction_bytes: int) -> StoredPrediction | StoredFeedback | DeadLetter:
+    """`max_bytes` limits feedback events, `max_prediction_bytes` prediction events (which carry features)."""
     if record.topic == PREDICTIONS:
-        return parse_prediction(record, sparse_dim, dense_dim)
+        return parse_prediction(record, sparse_dim, dense_dim, max_prediction_bytes)
     if record.topic == FEEDBACK:
         return parse_feedback(record, classes, max_bytes)
     return dead_letter(record, "wrong_schema", f"unexpected topic {record.topic}")

@@ -18,6 +18,7 @@ exactly once, in the next window (and counted as `late`).
 from __future__ import annotations
 
 import bisect
+import heapq
 import io
 import json
 from collections import Counter
@@ -95,6 +96,10 @@ class JoinStore:
         self.settings = settings or JoinSettings()
         self.predictions: dict[str, StoredPrediction] = {}  # insertion order ~ time order
         self.waiting: dict[str, StoredFeedback] = {}  # feedback by prediction id, prediction not seen yet
+        # (ts, prediction id, event id) of waiting feedback, earliest first. Arrival order is no time order
+        # to stop at: one feedback stamped ahead would hold back the expiry of everything after it.
+        # Entries of feedback that joined since stay until due, and are skipped then.
+        self._waiting_due: list[tuple[float, str, str]] = []
         self.labeled: dict[str, float] = {}  # prediction ids already joined -> ts
         self.seen: dict[str, float] = {}  # feedback event ids -> ts, for duplicates
         self.ready: list[Joined] = []  # joined, not yet released
@@ -130,7 +135,7 @@ class JoinStore:
             return self._reject(feedback, "already_labeled", f"prediction {pid} already has feedback")
         prediction = self.predictions.pop(pid, None)
         if prediction is None:
-            self.waiting[pid] = feedback
+            self._wait(feedback)
             return None
         self._join(prediction, feedback)
         return None
@@ -141,8 +146,7 @@ class JoinStore:
         """Drop what waited too long; feedback that never met its prediction is returned as unmatched."""
         rejected = [self._reject(f, "unmatched", f"no prediction {f.prediction_id} within "
                                                  f"{self.settings.feedback_wait_s:g} s of event time")
-                    for f in _pop_expired(self.waiting, watermark - self.settings.feedback_wait_s,
-                                          lambda f: f.ts)]
+                    for f in self._pop_waiting(watermark - self.settings.feedback_wait_s)]
         self.counts["expired_prediction"] += len(
             _pop_expired(self.predictions, watermark - self.settings.prediction_ttl_s, lambda p: p.ts))
         _pop_expired(self.labeled, watermark - self.settings.prediction_ttl_s, lambda ts: ts)
@@ -168,6 +172,20 @@ class JoinStore:
         return self.release(watermark), rejected
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _wait(self, feedback: StoredFeedback) -> None:
+        self.waiting[feedback.prediction_id] = feedback
+        heapq.heappush(self._waiting_due, (feedback.ts, feedback.prediction_id, feedback.event_id))
+
+    def _pop_waiting(self, before: float) -> list[StoredFeedback]:
+        """Waiting feedback stamped before `before`, earliest first, out of the store."""
+        expired = []
+        while self._waiting_due and self._waiting_due[0][0] < before:
+            _, pid, event_id = heapq.heappop(self._waiting_due)
+            feedback = self.waiting.get(pid)
+            if feedback is not None and feedback.event_id == event_id:
+                expired.append(self.waiting.pop(pid))
+        return expired
 
     def _join(self, prediction: StoredPrediction, feedback: StoredFeedback) -> None:
         joined = Joined(prediction, feedback)
@@ -223,7 +241,8 @@ class JoinStore:
                     setattr(store, name, dict(zip(ids, f[f"{name}_ts"].tolist(), strict=True)))
         n = meta["n_pending"]
         store.predictions = {p.prediction_id: p for p in preds[:n]}
-        store.waiting = {f["prediction_id"]: _feedback_from_json(f) for f in meta["waiting"]}
+        for f in meta["waiting"]:
+            store._wait(_feedback_from_json(f))
         store.ready = [Joined(p, _feedback_from_json(f)) for p, f in zip(preds[n:], meta["ready_feedback"],
                                                                            strict=True)]
         store._first_ready = min((j.key[0] for j in store.ready), default=None)
@@ -250,7 +269,8 @@ def joined_from_bytes(data: bytes) -> list[Joined]:
 
 
 def _pop_expired(items: dict[str, Any], before: float, ts: Any) -> list[Any]:
-    """Remove entries older than `before` from the front (insertion order is close to time order)."""
+    """Remove entries older than `before` from the front (insertion order is close to time order; an entry
+    stamped ahead keeps later ones a while, which costs memory here, not a dead letter's timing)."""
     expired = []
     while items:
         first = next(iter(items))

@@ -1,9 +1,9 @@
 """The feedback service's own port: Prometheus metrics (read from its state at scrape time), health,
-and `POST /promote`, which `loopline promote` calls. It listens on 127.0.0.1 only."""
+and `POST /promote`, which `loopline promote` calls with the admin token (without one configured,
+promote is off). It listens on 127.0.0.1 only."""
 
 from __future__ import annotations
 
-import hmac
 import json
 import threading
 from collections.abc import Iterator
@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from services.common.admin import bearer_token_matches
 
 if TYPE_CHECKING:
     from services.feedback.service import FeedbackService
@@ -92,9 +94,13 @@ def serve_metrics(service: FeedbackService, port: int, token: str | None = None,
             if self.path != "/promote":
                 self._json(404, {"detail": "not found: POST /promote"})
                 return
-            given = self.headers.get("Authorization", "").removeprefix("Bearer ").encode()
-            if token is not None and not hmac.compare_digest(given, token.encode()):
-                self._json(401, {"detail": "missing or wrong bearer token (LOOPLINE_ADMIN_TOKEN)"})
+            if token is None:  # as serving's admin routes: no configured secret, no admin action
+                self._json(403, {"detail": "promote is off: LOOPLINE_ADMIN_TOKEN is not set for the feedback "
+                                           "service"})
+                return
+            if not bearer_token_matches(self.headers.get("Authorization"), token):
+                self._json(401, {"detail": "missing or wrong bearer token "
+                                           "(Authorization: Bearer <LOOPLINE_ADMIN_TOKEN>)"})
                 return
             try:
                 result = service.request_promotion()

@@ -45,7 +45,7 @@ from models.ftrl import FTRLProximal
 from services.common.events import FEEDBACK, FEEDBACK_DLQ, MODEL_UPDATES, PREDICTIONS, DeadLetter, ModelUpdate
 from services.feedback.checkpoint import Checkpoint, CheckpointStore
 from services.feedback.history import decode, published_deltas, same_delta, sync_delta
-from services.feedback.intake import Record, parse, rejected_letter
+from services.feedback.intake import Record, far_future, parse, rejected_letter
 from services.feedback.join import (
     Joined,
     JoinSettings,
@@ -181,9 +181,15 @@ class FeedbackService:
         """Take one record: into the join store, or to the dead letters."""
         self.stats.records[record.topic] += 1
         self.offsets[f"{record.topic}:{record.partition}"] = record.offset + 1
+        # Before the watermark sees it: event time stamped years ahead would expire everything pending.
+        ahead = far_future(record, now, self.settings.max_clock_skew_s)
+        if ahead is not None:
+            self._dead(ahead)
+            return
         self.watermark.observe((record.topic, record.partition), record.ts, now)
         model = self.learner.model
-        item = parse(record, model.class_index, model.sparse_dim, model.dense_dim, self.settings.max_event_bytes)
+        item = parse(record, model.class_index, model.sparse_dim, model.dense_dim, self.settings.max_event_bytes,
+                     self.settings.max_prediction_bytes)
         if isinstance(item, DeadLetter):
             self._dead(item)
         elif isinstance(item, StoredFeedback):

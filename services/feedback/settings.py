@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, refuse_placeholder_token
 
 
 class FeedbackSettings(CommonSettings):
@@ -23,6 +23,11 @@ class FeedbackSettings(CommonSettings):
     max_remembered_ids: int = Field(1_000_000, ge=1, description="Feedback event ids (for duplicates) and "
                                     "labeled prediction ids kept at most, each (oldest go).")
     max_event_bytes: int = Field(64_000, ge=1, description="Larger feedback events go to the DLQ as too_large.")
+    max_prediction_bytes: int = Field(128_000, ge=1, description="Larger prediction events go to the DLQ as "
+                                      "too_large. Serving logs the hashed features of the text: about 55 kB "
+                                      "at its default LOOPLINE_MAX_TEXT_CHARS (1,000); raise both together.")
+    max_clock_skew_s: float = Field(60.0, gt=0.0, description="Records stamped more than this ahead of the "
+                                    "service's clock go to the DLQ as far_future and do not count as event time.")
     holdout_share: float = Field(0.1, gt=0.0, lt=1.0, description="Share of feedback held back to judge updates.")
     holdout_size: int = Field(2_000, ge=10, description="Recent held-back examples the gate uses.")
     min_holdout: int = Field(50, ge=1, description="No update is published before this many are held back.")
@@ -35,7 +40,7 @@ class FeedbackSettings(CommonSettings):
     champion_check_s: float = Field(30.0, gt=0.0, description="How often the registry's champion is checked "
                                     "(a retrain that moved it restarts learning from it).")
     admin_token: SecretStr | None = Field(None, description="Bearer token `loopline promote` must send; "
-                                          "unset: promote needs none (the port listens on 127.0.0.1 only).")
+                                          "unset: POST /promote is off.")
     drift: bool = Field(True, description="Monitor drift (needs a drift reference in the model bundle).")
     drift_window_events: int = Field(2_000, ge=1, description="A drift window closes after this many events...")
     drift_window_s: float = Field(60.0, gt=0.0, description="...or after this many seconds.")
@@ -52,3 +57,5 @@ class FeedbackSettings(CommonSettings):
     push_user_stats: bool = Field(True, description="Push per-user correction stats to Feast.")
     feast_state_dir: Path | None = Field(None, description="State folder whose feast/ store serving reads; "
                                          "default: state_dir.")
+
+    _no_placeholder = field_validator("admin_token")(refuse_placeholder_token)

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import math
 import tempfile
@@ -24,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from services.common.admin import bearer_token_matches
 from services.common.events import LoggedFeatures, PredictionEvent
 from services.serving.batcher import BatcherFullError, DynamicBatcher
 from services.serving.model_store import LoadError, ModelStore, Snapshot
@@ -42,6 +42,7 @@ from services.serving.settings import ServingSettings
 from services.serving.updates import OUTCOMES, UpdateFollower
 
 log = logging.getLogger(__name__)
+BUNDLE_VERSION = 1  # what a bundle folder (LOOPLINE_BUNDLE) is served as: it has no registry version
 Item = tuple[str, dict[str, Any] | None]
 
 
@@ -105,7 +106,12 @@ class Service:
     def load_version(self, version: int | None = None) -> Snapshot:
         """Load a registry version (default: `@champion`) or the configured bundle folder."""
         if self.settings.bundle is not None:
-            return self.store.load_bundle(self.settings.bundle, version or 1)
+            # Without a registry the folder is the one version there is; serving it under another number
+            # would report a version that was never loaded.
+            if version not in (None, BUNDLE_VERSION):
+                raise LoadError(f"version {version} is not available: serving the bundle folder "
+                                f"{self.settings.bundle} (version {BUNDLE_VERSION}) without a registry")
+            return self.store.load_bundle(self.settings.bundle, BUNDLE_VERSION)
         from services.common.registry import RegistryError
 
         registry = self._registry()
@@ -256,9 +262,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         token = service.settings.admin_token
         if token is None:
             raise HTTPException(403, "admin endpoints are off: LOOPLINE_ADMIN_TOKEN is not set")
-        given = (authorization or "").removeprefix("Bearer ").encode()
-        if not hmac.compare_digest(given, token.get_secret_value().encode()):
-            raise HTTPException(401, "missing or wrong bearer token")
+        if not bearer_token_matches(authorization, token.get_secret_value()):
+            raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer <LOOPLINE_ADMIN_TOKEN>)")
 
     app.add_middleware(MeasureAndLimit, service=service)
 

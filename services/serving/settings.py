@@ -6,9 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 
-from services.common.settings import CommonSettings
-
-PLACEHOLDERS = {"", "changeme", "change-me", "secret", "token"}
+from services.common.settings import CommonSettings, refuse_placeholder_token
 
 
 class ServingSettings(CommonSettings):
@@ -34,9 +32,4 @@ class ServingSettings(CommonSettings):
                                     "alias besides model-updates notices; 0: only on notices.")
     bundle: Path | None = Field(None, description="Serve this bundle folder instead of the registry's @champion.")
 
-    @field_validator("admin_token")
-    @classmethod
-    def _no_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDERS:
-            raise ValueError("LOOPLINE_ADMIN_TOKEN is a placeholder; set a real secret or leave it unset")
-        return value
+    _no_placeholder = field_validator("admin_token")(refuse_placeholder_token)

@@ -77,3 +77,41 @@ def test_serve_refuses_a_placeholder_admin_token(monkeypatch) -> None:
     monkeypatch.setenv("LOOPLINE_ADMIN_TOKEN", "changeme")
     result = runner.invoke(app, ["serve"])
     assert result.exit_code == 2 and "placeholder" in result.output
+
+
+class PromoteOnly:
+    """What POST /promote needs of the feedback service."""
+
+    def __init__(self) -> None:
+        self.promotions = 0
+
+    def request_promotion(self) -> dict:
+        self.promotions += 1
+        return {"status": "unchanged", "version": 1, "detail": "nothing learned since v1"}
+
+
+def test_promote_sends_the_stack_token_from_the_state_folder_or_says_how_to_get_one(monkeypatch, tmp_path) -> None:
+    from typing import Any, cast
+
+    from infra.process import free_port
+    from services.common.admin import ensure_stack_admin_token
+    from services.feedback.metrics import serve_metrics
+
+    monkeypatch.delenv("LOOPLINE_ADMIN_TOKEN", raising=False)
+    monkeypatch.setenv("LOOPLINE_STATE_DIR", str(tmp_path))
+    port = free_port()
+    monkeypatch.setenv("LOOPLINE_METRICS_PORT", str(port))
+    missing = runner.invoke(app, ["promote"])
+    assert missing.exit_code == 2 and "LOOPLINE_ADMIN_TOKEN" in missing.output and "status --env" in missing.output
+
+    service = PromoteOnly()
+    server = serve_metrics(cast(Any, service), port, ensure_stack_admin_token(tmp_path))
+    try:
+        done = runner.invoke(app, ["promote"])
+        assert done.exit_code == 0 and "unchanged" in done.output and service.promotions == 1, done.output
+        monkeypatch.setenv("LOOPLINE_ADMIN_TOKEN", "someone-elses-" + "x" * 16)  # the environment's comes first
+        refused = runner.invoke(app, ["promote"])
+        assert refused.exit_code == 2 and "401" in refused.output and service.promotions == 1
+    finally:
+        server.shutdown()
+        server.server_close()

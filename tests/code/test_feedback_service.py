@@ -214,6 +214,41 @@ def test_predictions_with_unusable_features_are_dead_lettered_with_what_is_wrong
     assert not svc.store.predictions, "nothing unusable is kept for joining"
 
 
+def test_an_oversized_prediction_is_dead_lettered_as_too_large(settings, trained) -> None:
+    svc = service(settings, trained)
+    good = json.loads(next(r for r in stream(trained, n=5) if r.topic == PREDICTIONS).value)
+    limit = settings.max_prediction_bytes
+    assert limit > 2 * len(json.dumps(good)), "an ordinary prediction is far inside the limit"
+    huge = json.dumps({**good, "text": "x" * limit}).encode()
+    svc.process(Record(PREDICTIONS, 0, 0, "k", huge, T0), now=T0)
+    [letter] = svc.take_letters()
+    assert letter.reason == "too_large" and str(limit) in letter.detail
+    assert not svc.store.predictions
+
+
+def test_records_stamped_ahead_of_the_clock_are_dead_lettered_before_they_count_as_event_time(
+        settings, trained) -> None:
+    svc = service(settings, trained)
+    good = stream(trained, n=20)
+    for record in good:
+        svc.process(record, now=record.ts)
+    now = max(r.ts for r in good)
+    reached = dict(svc.watermark.max_ts)
+    skew = settings.max_clock_skew_s
+    ahead = [replace(r, offset=r.offset + 1000, ts=now + skew + 1) for r in good[:2]]  # valid events
+    ahead.append(Record(FEEDBACK, 1, 5000, None, b"garbage", now + 10 * 365 * 86_400))
+    for record in ahead:
+        svc.process(record, now=now)
+    letters = svc.take_letters()
+    assert [x.reason for x in letters] == ["far_future"] * len(ahead)
+    assert "LOOPLINE_MAX_CLOCK_SKEW_S" in letters[0].detail
+    assert svc.watermark.max_ts == reached, "event time did not move"
+    assert svc.offsets[f"{FEEDBACK}:1"] == 5001, "consumed all the same"
+    just_inside = replace(good[0], offset=good[0].offset + 2000, ts=now + skew)
+    svc.process(just_inside, now=now)
+    assert not any(x.reason == "far_future" for x in svc.take_letters())
+
+
 def test_feedback_on_predictions_of_a_version_with_other_inputs_is_dead_lettered(settings, trained) -> None:
     svc = service(settings, trained)
     ours, theirs = stream(trained, n=200, seed=5, version="1+ftrl.3"), stream(trained, n=60, seed=6, version="9")

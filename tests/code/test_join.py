@@ -77,6 +77,20 @@ def test_unmatched_feedback_is_rejected_after_its_wait_and_old_predictions_expir
     assert list(store.predictions) == ["p3", "p4"] and store.counts["expired_prediction"] == 1
 
 
+def test_feedback_stamped_ahead_does_not_hold_back_the_expiry_of_feedback_after_it() -> None:
+    store = JoinStore(JoinSettings(feedback_wait_s=30))
+    store.add_feedback(feedback("ahead", "later", 1_000.0))
+    store.add_feedback(feedback("f1", "nobody", 10.0))
+    store.add_feedback(feedback("f2", "joins", 12.0))
+    store.add_prediction(prediction("joins", 11.0))
+    _, rejected = store.advance(41.0)
+    assert [r.feedback.event_id for r in rejected] == ["f1"]
+    assert list(store.waiting) == ["later"]
+    restored = JoinStore.from_bytes(store.to_bytes(), store.settings)
+    assert restored.advance(1_029.0)[1] == [] and [r.feedback.event_id for r in restored.advance(1_031.0)[1]] == \
+        ["ahead"]
+
+
 def test_remembered_ids_are_bounded_and_a_forgotten_repeat_is_still_never_learned_twice() -> None:
     store = JoinStore(JoinSettings(max_remembered_ids=2, feedback_wait_s=5))
     for i in range(4):

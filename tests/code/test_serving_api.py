@@ -63,6 +63,23 @@ def test_admin_needs_the_token(client: TestClient) -> None:
     assert ok.status_code == 200 and ok.json()["version"] == "1"
 
 
+@pytest.mark.parametrize("header", [TOKEN, f"Token {TOKEN}", f"Bearer{TOKEN}", f"Basic {TOKEN}"])
+def test_admin_needs_the_bearer_scheme(client: TestClient, header: str) -> None:
+    refused = client.post("/v1/admin/reload", headers={"Authorization": header})
+    assert refused.status_code == 401 and "Bearer" in refused.json()["detail"]
+    assert client.post("/v1/admin/reload", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200, \
+        "the scheme's name is case-insensitive"
+
+
+def test_rollback_from_a_bundle_folder_refuses_versions_it_cannot_serve(client: TestClient) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    refused = client.post("/v1/admin/rollback", json={"version": 7}, headers=auth)
+    assert refused.status_code == 409 and "version 7 is not available" in refused.json()["detail"]
+    assert client.get("/v1/models/current").json()["version"] == "1", "still serving the bundle"
+    same = client.post("/v1/admin/rollback", json={"version": 1}, headers=auth)
+    assert same.status_code == 200 and same.json()["version"] == "1"
+
+
 def test_health_readiness_and_metrics(client: TestClient) -> None:
     client.post("/v1/predict", json={"text": "set an alarm"})
     assert client.get("/healthz").json() == {"status": "ok"}

@@ -25,6 +25,7 @@ from infra.stack import (
     StackError,
     StackSettings,
 )
+from services.common.admin import ADMIN_TOKEN_FILE
 
 
 class FakeStack(Stack):
@@ -159,3 +160,24 @@ def test_client_env_points_at_the_stack(tmp_path: Path) -> None:
     assert env["LOOPLINE_KAFKA_BOOTSTRAP_SERVERS"] == f"127.0.0.1:{stack.parts['broker'].port}"
     assert env["PREFECT_API_URL"] == f"http://127.0.0.1:{stack.parts['prefect'].port}/api"
     assert env["LOOPLINE_PORT"] == str(stack.parts["serving"].port)
+
+
+def test_up_gives_serving_and_feedback_a_generated_admin_token_unless_one_is_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOOPLINE_ADMIN_TOKEN", raising=False)
+    stack = fake_stack(tmp_path)
+    stack.up()
+    try:
+        path = tmp_path / ADMIN_TOKEN_FILE
+        token = path.read_text().strip()
+        assert len(token) >= 32 and path.stat().st_mode & 0o777 == 0o600
+        for name in MODEL_PARTS:
+            process = Stack.process(stack, name)  # the real part's process, not the stand-in's
+            assert (process.env or {})["LOOPLINE_ADMIN_TOKEN"] == token and token not in " ".join(process.cmd)
+        assert token not in str(stack.client_env()) and token not in (tmp_path / "stack.json").read_text()
+        stack.up()
+        assert path.read_text().strip() == token, "kept across `up`s"
+        monkeypatch.setenv("LOOPLINE_ADMIN_TOKEN", "the-users-own-" + "x" * 16)
+        assert (Stack.process(stack, "feedback").env or {})["LOOPLINE_ADMIN_TOKEN"].startswith("the-users-own-")
+    finally:
+        stack.down()

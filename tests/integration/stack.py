@@ -124,6 +124,11 @@ class Feedback:
                 return float(line.split()[-1])
         return 0.0
 
+    @property
+    def token(self) -> str:
+        """The admin token POST /promote takes."""
+        return (self.process.env or {})["LOOPLINE_ADMIN_TOKEN"]
+
     def start(self) -> None:
         self.process.start_healthy(lambda: httpx.get(f"{self.process.url}/metrics", timeout=2).status_code == 200,
                                    timeout=120)
@@ -131,7 +136,9 @@ class Feedback:
 
 def feedback_service(serving: Serving, state: Path, name: str = "feedback", **settings: str) -> Feedback:
     """`loopline feedback` against the serving fixture's broker, registry and Feast store; versions are
-    registered only on `loopline promote` unless `settings` say otherwise."""
+    registered only on `loopline promote` unless `settings` say otherwise. POST /promote takes a token of
+    its own unless `settings` name one (`Feedback.token`)."""
+    settings.setdefault("admin_token", "f33dback-test-" + uuid.uuid4().hex)
     port = free_port()
     env = {**os.environ, "LOOPLINE_STATE_DIR": str(state),
            "LOOPLINE_MLFLOW_TRACKING_URI": serving.settings.tracking_uri,

@@ -65,7 +65,8 @@ def converse(serving: Serving, events: pd.DataFrame, seed: int) -> Outcome:
 
 
 def promote(service: Feedback) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LOOPLINE_METRICS_PORT": service.process.url.rsplit(":", 1)[1]}
+    env = {**os.environ, "LOOPLINE_METRICS_PORT": service.process.url.rsplit(":", 1)[1],
+           "LOOPLINE_ADMIN_TOKEN": service.token}
     return subprocess.run(bin_command("promote"), env=env, capture_output=True, text=True, timeout=360)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import socket
 import subprocess
 from datetime import UTC, datetime
@@ -150,6 +151,15 @@ def test_a_second_up_starts_serving_and_feedback_once_there_is_a_champion(
         projects = f"{stack.parts['evidently'].url}/api/projects"
         assert wait_until(lambda: stack.model_name in httpx.get(projects, timeout=5).text, 60)
         assert loopline("status", "--state-dir", str(state)).returncode == 0
+
+        # Admin actions need a token: `up` made one, and `loopline promote` finds it through `status --env`.
+        assert httpx.post(f"{stack.parts['feedback'].url}/promote", timeout=10).status_code == 401
+        exports = loopline("status", "--env", "--state-dir", str(state)).stdout
+        client = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in exports.splitlines())
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOPLINE_", "PREFECT_API"))}
+        promote = subprocess.run(bin_command("promote"), env={**env, **client}, capture_output=True, text=True,
+                                 timeout=360, check=False)
+        assert promote.returncode == 0 and "unchanged v1" in promote.stdout, promote.stdout + promote.stderr
     finally:
         pids = group_pids(state)
         assert_down(state, pids)

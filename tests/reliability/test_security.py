@@ -1,7 +1,8 @@
 """Security guarantees, each with a test that fails if it breaks.
 
-- Admin endpoints need a token, compared in constant time (serving's /v1/admin/*,
-  the feedback service's POST /promote).
+- Admin endpoints need a token, sent as `Authorization: Bearer <token>` and compared in
+  constant time (serving's /v1/admin/*, the feedback service's POST /promote); without a
+  configured token they are off.
 - Request bodies over the limit get 413 with a reason, however they are sent.
 - No pickle on any load path: the source, the bundle files and the registry's stored
   model are free of it.
@@ -165,15 +166,23 @@ def test_feedback_promote_compares_the_token_in_constant_time(
     assert ok.status_code == 200 and service.promotions == 1
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "defect: the feedback service's POST /promote needs no token when LOOPLINE_ADMIN_TOKEN is unset "
-    "(services/feedback/metrics.py, settings.py), while admin actions need a token (DESIGN.md) and serving "
-    "turns its admin routes off instead"))
 def test_feedback_promote_is_refused_without_a_configured_token(
         promote_port: Callable[[str | None], tuple[str, PromoteOnly]]) -> None:
     url, service = promote_port(None)
-    response = httpx.post(url, timeout=5)
-    assert response.status_code in (401, 403) and service.promotions == 0
+    for given in ({}, {"Authorization": "Bearer anything"}):
+        response = httpx.post(url, headers=given, timeout=5)
+        assert response.status_code == 403 and "LOOPLINE_ADMIN_TOKEN" in response.json()["detail"]
+    assert service.promotions == 0
+
+
+@pytest.mark.parametrize("header", [IN_PROCESS_TOKEN, f"Token {IN_PROCESS_TOKEN}", f"Basic {IN_PROCESS_TOKEN}"])
+def test_admin_tokens_need_the_bearer_scheme(
+        header: str, client: TestClient, promote_port: Callable[[str | None], tuple[str, PromoteOnly]]) -> None:
+    """The right token in no scheme or another one is refused, by serving and the feedback service alike."""
+    assert client.post("/v1/admin/reload", headers={"Authorization": header}).status_code == 401
+    url, service = promote_port(IN_PROCESS_TOKEN)
+    assert httpx.post(url, headers={"Authorization": header}, timeout=5).status_code == 401
+    assert service.promotions == 0
 
 
 def secret_equality(tree: ast.Module) -> list[str]:
@@ -416,15 +425,11 @@ def test_the_admin_token_comes_from_the_environment_and_is_never_shown(
         assert value not in shown
 
 
-@pytest.mark.parametrize("cls", [
-    ServingSettings,
-    pytest.param(FeedbackSettings, marks=pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-        "defect: FeedbackSettings.admin_token accepts placeholders such as 'changeme' "
-        "(ServingSettings refuses them at start; services/feedback/settings.py)"))),
-])
-def test_a_placeholder_admin_token_is_refused_at_start(cls: type[CommonSettings]) -> None:
+@pytest.mark.parametrize("cls", [ServingSettings, FeedbackSettings])
+@pytest.mark.parametrize("placeholder", ["changeme", " Secret ", ""])
+def test_a_placeholder_admin_token_is_refused_at_start(cls: type[CommonSettings], placeholder: str) -> None:
     with pytest.raises(ValueError, match="placeholder"):
-        cls(admin_token="changeme")  # type: ignore[call-arg]
+        cls(admin_token=placeholder)  # type: ignore[call-arg]
 
 
 def test_stack_json_and_the_client_environment_hold_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
