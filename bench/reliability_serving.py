@@ -5,7 +5,7 @@
   the load, measured beforehand on one calibration swap from serving's own log ("loading
   it" to "serving N"). The restarted server must answer with the champion, whole: the
   version the registry names, and for fixed inputs the probabilities of that version's
-  bundle computed offline.
+  bundle computed offline; the download folder the killed server left must be gone.
 - `kill_during_deltas`: a stream of head deltas on the champion; serving is killed at a
   random moment inside it. From its first answer on, the restarted server must answer
   with base + deltas 1..K for some K (each answer equal to that head offline: no gap, no
@@ -50,7 +50,7 @@ from reliability_outcome import Outcome
 if TYPE_CHECKING:
     import numpy as np
 
-    from models.ftrl import FTRLProximal, HeadDelta
+    from models.ftrl import Batch, FTRLProximal, HeadDelta
     from tests.conftest import TinyModel
     from tests.integration.stack import Feedback, Serving
 
@@ -65,6 +65,7 @@ FLOOD_BOUND = 0.05  # clean accuracy a head may lose to the champion during a fl
 LOADING = re.compile(r"^(\S+ \S+) INFO services\.serving\.updates: champion is v(\d+) now", re.MULTILINE)
 SERVING = re.compile(r"^(\S+ \S+) INFO services\.serving\.model_store: serving (\d+)(?:\+ftrl\.(\d+))? \(was",
                      re.MULTILINE)
+REMOVED = re.compile(r"removed (\d+) download folder")  # services/serving/downloads.py at start
 
 
 # -- models and bundles --------------------------------------------------------------------------
@@ -93,17 +94,29 @@ def fixed_texts(n: int = 12, seed: int = 11) -> list[str]:
     return list(generate(TrafficConfig(n_events=n, n_users=10, seed=seed)).events["text"])
 
 
-def perturbed(head: FTRLProximal, model: TinyModel, rng: random.Random) -> FTRLProximal:
-    """A copy of `head` that learned a random chunk with shuffled labels: answers apart from any other version."""
+_TRAINING_FEATURES: dict[int, Batch] = {}
+
+
+def random_chunk(model: TinyModel, n: int, rng: random.Random) -> tuple[Batch, np.ndarray]:
+    """`n` of the model's training texts (features encoded once per encoder) with random labels."""
     import numpy as np
 
     from models.train import featurize
-    from tests.conftest import SPEC, head_copy
+    from tests.conftest import SPEC
+
+    key = id(model[0])
+    if key not in _TRAINING_FEATURES:
+        _TRAINING_FEATURES[key] = featurize(model[2], model[0].encode(model[2]), SPEC)
+    rows = np.array(rng.sample(range(len(model[2])), n))
+    return _TRAINING_FEATURES[key].take(rows), np.array([rng.randrange(len(model[1].classes)) for _ in rows])
+
+
+def perturbed(head: FTRLProximal, model: TinyModel, rng: random.Random) -> FTRLProximal:
+    """A copy of `head` that learned a random chunk with random labels: answers apart from any other version."""
+    from tests.conftest import head_copy
 
     copy = head_copy(head)
-    texts = rng.sample(model[2], 60)
-    labels = np.array([rng.randrange(len(copy.classes)) for _ in texts])
-    copy.learn_many(featurize(texts, model[0].encode(texts), SPEC), labels)
+    copy.learn_many(*random_chunk(model, 60, rng))
     return copy
 
 
@@ -117,12 +130,19 @@ class Published:
     answers: np.ndarray  # offline probabilities of the fixed texts
 
 
-def publish_version(serving: Serving, model: TinyModel, head: FTRLProximal, texts: Sequence[str]) -> Published:
-    """Build, register and verify a bundle offline; `champion` does not move yet."""
-    from models.predict import Predictor
+def publish_version(serving: Serving, model: TinyModel, head: FTRLProximal, texts: Sequence[str],
+                    drift_reference: bool = False) -> Published:
+    """Build, register and load a bundle offline; `champion` does not move yet. Only a version the feedback
+    service learns on needs a drift reference (building one encodes 300 texts)."""
+    import mlflow
 
-    folder = serving.work / f"version-{uuid.uuid4().hex[:8]}"
-    version = serving.register(head, model, folder.name)
+    from models.predict import Predictor
+    from tests.conftest import build_bundle
+
+    folder = build_bundle(serving.work / f"version-{uuid.uuid4().hex[:8]}", model[0], head,
+                          reference=drift_reference)
+    with mlflow.start_run(experiment_id=serving.registry.experiment_id()):
+        version = serving.registry.register(folder, {"source": "reliability scenario"}).version
     return Published(version, folder, head, Predictor(folder).predict_proba(list(texts)))
 
 
@@ -141,7 +161,7 @@ def promote(serving: Serving, published: Published) -> float:
 def settle(serving: Serving, model: TinyModel) -> int:
     """Make `model`'s head a new champion with no delta on it and wait until serving answers with it, so a
     feedback service started afterwards learns on a version whose deltas are its own."""
-    published = publish_version(serving, model, model[1], fixed_texts())
+    published = publish_version(serving, model, model[1], fixed_texts(), drift_reference=True)
     promote(serving, published)
     if not wait_for(lambda: serving.current() == str(published.version), 60):
         raise RuntimeError(f"serving did not load v{published.version}:\n{serving.process.log_tail()}")
@@ -233,8 +253,11 @@ def where_the_kill_landed(text: str, version: int) -> str:
     return "after" if served else "inside" if loading else "before"
 
 
-def kill_during_swap(serving: Serving, model: TinyModel, trials: int, seed: int = 0) -> Outcome:
-    """SIGKILL serving inside full-version swaps; the restarted server must serve the champion, whole."""
+def kill_during_swap(serving: Serving, model: TinyModel, trials: int, seed: int = 0, min_inside: int = 0,
+                     extra: int = 2) -> Outcome:
+    """SIGKILL serving inside full-version swaps; the restarted server must serve the champion, whole, and
+    remove the download folder the killed one left. Up to `extra` more trials run while fewer than
+    `min_inside` kills landed inside a load (timing on a shared machine varies)."""
     rng = random.Random(seed)
     texts = fixed_texts()
     other = tiny_model(seed=3)  # a second encoder: a version mixing two bundles would answer like neither
@@ -244,10 +267,12 @@ def kill_during_swap(serving: Serving, model: TinyModel, trials: int, seed: int 
     survived = failed = 0
     restarts: list[float] = []
     problems: list[str] = []
+    left_behind = 0  # download folders the killed servers left, removed by the restarted ones
 
     calibration = publish_version(serving, other, perturbed(heads[1], other, rng), texts)
     window = swap_window(serving, calibration)
-    for trial in range(trials):
+    trial = 0
+    while trial < trials or (landed["inside"] < min_inside and trial < trials + extra):
         which = trial % 2  # alternate encoders, the calibration version used the second one
         target = publish_version(serving, models[which], perturbed(heads[which], models[which], rng), texts)
         offset = log_offset(serving)
@@ -255,7 +280,10 @@ def kill_during_swap(serving: Serving, model: TinyModel, trials: int, seed: int 
         time.sleep(max(0.0, sent + rng.uniform(*window) - time.time()))
         os.killpg(serving.process.pgid, signal.SIGKILL)
         landed[where_the_kill_landed(log_since(serving, offset), target.version)] += 1
+        restarted_at = log_offset(serving)
         restarts.append(kill_and_restart(serving))
+        removed = REMOVED.search(log_since(serving, restarted_at))
+        left_behind += int(removed[1]) if removed else 0
 
         answers = [predict_batch(serving, texts) for _ in range(3)]
         failed += sum(a is None for a in answers)
@@ -266,15 +294,21 @@ def kill_during_swap(serving: Serving, model: TinyModel, trials: int, seed: int 
                 ok &= answer["model_version"] == str(target.version)
                 ok &= answer_matches(answer, target.answers[i], target.head.classes)
         ok &= serving.current() == str(target.version)
+        leftovers = list(serving.settings.state_dir.glob("download-*"))
+        ok &= not leftovers
         survived += ok
         if not ok:
-            problems.append(f"trial {trial}: v{target.version} expected, answers {answers[0] and answers[0][:1]}")
+            problems.append(f"trial {trial}: v{target.version} expected, answers {answers[0] and answers[0][:1]}, "
+                            f"download folders left: {[f.name for f in leftovers]}")
+        trial += 1
     detail = (f"swap took {window[0]:.2f}-{window[1]:.2f} s after the notice; kills landed "
               f"{landed['before']} before, {landed['inside']} inside, {landed['after']} after the load; restart "
-              f"to ready median {statistics.median(restarts):.1f} s")
-    return Outcome("kill -9 serving during a full-version swap", trials, survived, 0, 0, failed,
+              f"to ready median {statistics.median(restarts):.1f} s; {left_behind} download folders the killed "
+              "servers left were removed at restart")
+    return Outcome("kill -9 serving during a full-version swap", trial, survived, 0, 0, failed,
                    detail + ("; " + "; ".join(problems) if problems else ""),
-                   {"swap_window_s": window, "landed": landed, "restart_s": restarts, "problems": problems})
+                   {"swap_window_s": window, "landed": landed, "restart_s": restarts, "problems": problems,
+                    "download_folders_removed": left_behind})
 
 
 # -- kill -9 during delta application -------------------------------------------------------------
@@ -290,11 +324,7 @@ class DeltaChain:
     answers: list[np.ndarray] = field(default_factory=list)  # index K: base + deltas 1..K
 
     def extend(self, model: TinyModel, features: Any, n: int, rng: random.Random) -> None:
-        import numpy as np
-
         from models.serving_head import ServingHead
-        from models.train import featurize
-        from tests.conftest import SPEC
 
         head = ServingHead.from_model(self.base.head)
         for delta in self.deltas:
@@ -303,9 +333,7 @@ class DeltaChain:
             self.answers.append(head.predict_proba_many(features))
         for _ in range(n):
             self.learner.mark()
-            texts = rng.sample(model[2], 20)
-            labels = np.array([rng.randrange(len(self.learner.classes)) for _ in texts])
-            self.learner.learn_many(featurize(texts, model[0].encode(texts), SPEC), labels)
+            self.learner.learn_many(*random_chunk(model, 20, rng))
             delta = self.learner.delta()
             head = head.apply(delta)
             self.deltas.append(delta)
@@ -570,7 +598,7 @@ def published_heads_accuracy(serving: Serving, base: int, texts: Sequence[str], 
     return accuracies
 
 
-def label_flip_flood(serving: Serving, feedback: Feedback, *, events: int = 3_000, rate: float = 100.0,
+def label_flip_flood(serving: Serving, feedback: Feedback, *, events: int = 2_000, rate: float = 125.0,
                      strength: float = 0.4, onset: float = 0.3, seed: int = 4, bound: float = FLOOD_BOUND
                      ) -> Outcome:
     """`label_flip` traffic through serving and the feedback service (one trial): the gate must reject updates
@@ -669,22 +697,31 @@ def merge(outcomes: Sequence[Outcome]) -> Outcome:
                    {"trials": [o.measured for o in outcomes]})
 
 
-def run(trials: int = 20, soak_s: float = 600.0, floods: int = 3, work: Path | None = None) -> list[Outcome]:
-    """Every serving scenario on processes started here; the soak plot goes to bench/results/soak.png."""
+SCENARIOS = ("faults", "soak", "flood")
+
+
+def run(trials: int = 20, soak_s: float = 600.0, floods: int = 3, work: Path | None = None,
+        only: Sequence[str] = SCENARIOS) -> list[Outcome]:
+    """The serving scenarios (`only` some of them) on processes started here; the soak plot goes to
+    bench/results/soak.png."""
     model = tiny_model()
+    outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="reliability-serving-") as tmp:
         root = work or Path(tmp)
-        with loop(root / "faults", model, with_feedback=False) as (serving, _):
-            outcomes = [kill_during_swap(serving, model, trials), kill_during_deltas(serving, model, trials)]
-        with loop(root / "soak", model) as (serving, feedback):
-            assert feedback is not None
-            outcomes.append(soak(serving, feedback, soak_s, plot=RESULTS / "soak.png"))
-        flooded = []
-        for trial in range(floods):
-            with loop(root / f"flood-{trial}", model) as (serving, feedback):
+        if "faults" in only:
+            with loop(root / "faults", model, with_feedback=False) as (serving, _):
+                outcomes += [kill_during_swap(serving, model, trials), kill_during_deltas(serving, model, trials)]
+        if "soak" in only:
+            with loop(root / "soak", model) as (serving, feedback):
                 assert feedback is not None
-                flooded.append(label_flip_flood(serving, feedback, seed=4 + trial))
-        outcomes.append(merge(flooded))
+                outcomes.append(soak(serving, feedback, soak_s, plot=RESULTS / "soak.png"))
+        if "flood" in only and floods:
+            flooded = []
+            for trial in range(floods):
+                with loop(root / f"flood-{trial}", model) as (serving, feedback):
+                    assert feedback is not None
+                    flooded.append(label_flip_flood(serving, feedback, seed=4 + trial))
+            outcomes.append(merge(flooded))
     return outcomes
 
 
@@ -696,12 +733,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--soak-min", type=float, default=10.0)
     parser.add_argument("--floods", type=int, default=3, help="label-flip floods, each on a fresh stack")
     parser.add_argument("--quick", action="store_true", help="3 trials, 1 min soak, 1 flood")
-    parser.add_argument("--out", type=Path, default=RESULTS / "reliability_serving.json")
+    parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("--out", type=Path, help="JSON of the rows (default bench/results/reliability_serving"
+                        "[-<only>].json)")
     args = parser.parse_args(argv)
     if args.quick:
         args.trials, args.soak_min, args.floods = 3, 1.0, 1
     logging.basicConfig(level=logging.WARNING)
-    outcomes = run(args.trials, args.soak_min * 60, args.floods)
+    outcomes = run(args.trials, args.soak_min * 60, args.floods, only=args.only)
+    suffix = "" if sorted(args.only) == sorted(SCENARIOS) else "-" + "-".join(args.only)
+    args.out = args.out or RESULTS / f"reliability_serving{suffix}.json"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps([o.as_json() for o in outcomes], indent=2))
     for o in outcomes:

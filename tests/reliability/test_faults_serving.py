@@ -5,7 +5,9 @@ twenty): after every kill the restarted server must answer with a whole model, t
 champion the registry names or base + deltas 1..K without a gap, equal to that model
 computed offline for fixed inputs, and must then reach the last delta published, each
 applied once. Serving keeps no model state on disk, so this holds only as long as a
-restart loads `@champion` and replays `model-updates` in order from the beginning.
+restart loads `@champion` and replays `model-updates` in order from the beginning. A
+kill inside a load also leaves its download folder behind; the restarted server must
+have removed it.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ def faults_serving(loop_serving: Serving, serving_scenarios: ModuleType, trained
 
 def test_kill_9_inside_a_swap_restarts_on_the_whole_champion(faults_serving: Serving, serving_scenarios: ModuleType,
                                                              trained: TinyModel) -> None:
-    outcome = serving_scenarios.kill_during_swap(faults_serving, trained, trials=2, seed=1)
+    outcome = serving_scenarios.kill_during_swap(faults_serving, trained, trials=2, seed=1, min_inside=1)
     print(outcome.detail)
     assert outcome.held, outcome.detail
-    assert outcome.measured["landed"]["after"] < 2, "the kills fell inside or before the load, not all after it"
+    assert outcome.measured["landed"]["inside"] >= 1, "a kill landed between the start and the end of a load"
 
 
 def test_kill_9_inside_a_delta_stream_restarts_on_base_plus_every_delta(

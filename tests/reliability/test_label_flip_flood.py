@@ -1,7 +1,7 @@
 """A label-flip flood through the real serving and feedback processes.
 
 40% of the users report a wrong intent for everything from 30% of the stream on
-(`label_flip` traffic, 3,000 predictions over HTTP, each with its feedback on the
+(`label_flip` traffic, 2,000 predictions over HTTP, each with its feedback on the
 topic). The feedback service's gate must reject updates after the onset, and no head
 that reached serving (the champion plus every delta on `model-updates`, rebuilt offline)
 may be less accurate on clean traffic than the champion by more than 0.05, the bound
