@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from services.common.admin import bearer_token_matches
 from services.common.events import LoggedFeatures, PredictionEvent
 from services.serving.batcher import BatcherFullError, DynamicBatcher
+from services.serving.downloads import download_folder, remove_abandoned_downloads
 from services.serving.model_store import LoadError, ModelStore, Snapshot
 from services.serving.prediction_log import PredictionLog
 from services.serving.schemas import (
@@ -121,8 +121,7 @@ class Service:
             raise LoadError(str(exc)) from exc
         if target is None:
             raise LoadError(f"{registry.name} has no champion yet: run `loopline train`")
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.settings.state_dir) as tmp:
+        with download_folder(self.settings.state_dir) as tmp:
             try:
                 bundle = registry.download(target.version, Path(tmp))
             except Exception as exc:  # any download or verification failure is a refused load
@@ -240,6 +239,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         champion = None
+        if service.settings.bundle is None:
+            await asyncio.to_thread(remove_abandoned_downloads, service.settings.state_dir)
         try:
             snapshot = await asyncio.to_thread(service.load_version)
             champion = None if service.settings.bundle else snapshot.base_version

@@ -103,6 +103,7 @@ class UpdateFollower:
             return "registry_unreachable"
         if champion is None or champion == self.last_champion or (champion == self._refused and notice is None):
             return "stale"
+        log.info("champion is v%d now (was v%s): loading it", champion, self.last_champion)
         try:
             self.load(champion)
         except LoadError as exc:
