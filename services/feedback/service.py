@@ -356,14 +356,7 @@ class FeedbackService:
                 if self.check_champion_now or time.monotonic() >= next_champion_check:
                     next_champion_check = time.monotonic() + self.settings.champion_check_s
                     self.ask_champion()
-                self.apply_registry_results(producer)
-                for report in self.tick(time.time()):
-                    if report.decision == "published" and self._publish(producer, report) == "synced":
-                        break  # the sync delta carries the head after every window of this tick
-                if self.registration_due is not None:
-                    self.hand_over(self.registration_due)
-                while not self._promotions.empty():
-                    self.promote_request(self._promotions.get())
+                self.advance(producer, time.time())
                 self._send_letters(producer)
                 producer.poll(0)
                 due = self._save_now or time.monotonic() - last_checkpoint >= self.settings.checkpoint_interval_s
@@ -384,6 +377,18 @@ class FeedbackService:
                 self._promotions.get().set_result({"status": "stopped", "detail": "the service is stopping"})
             if self.observer is not None:
                 self.observer.close()
+
+    def advance(self, producer: Producer, now: float, flush: bool = False) -> None:
+        """One pass after consuming: apply what the registry worker reported, learn and publish the windows
+        the watermark passed, hand over a registration that fell due, take `loopline promote` requests."""
+        self.apply_registry_results(producer)
+        for report in self.tick(now, flush):
+            if report.decision == "published" and self._publish(producer, report) == "synced":
+                break  # the sync delta carries the head after every window of this tick
+        if self.registration_due is not None:
+            self.hand_over(self.registration_due)
+        while not self._promotions.empty():
+            self.promote_request(self._promotions.get())
 
     # -- registry versions and the champion --------------------------------------------------
 
