@@ -9,15 +9,13 @@ reports every attempt (`Attempt`). Champion checks go the same way (`ChampionSee
 what following a moved champion needs (its head, whether its inputs match, the deltas
 already published on it) fetched here too. The loop applies what comes back on its next pass.
 
-MLflow's own HTTP client retries 7 times with backoff and waits 120 s per request by
-default: minutes per call against a dead or stopped server. `bound_registry_requests`
-makes a call fail in seconds; the worker's retries take over from there.
+MLflow calls are bounded (`services.common.registry.bound_registry_requests`) so that
+one against a dead or stopped server fails in seconds; the worker's retries take over.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -35,14 +33,6 @@ from services.feedback.observer import Reference, load_reference
 from services.feedback.versions import HEAD_TAG, Registered, VersionKeeper
 
 log = logging.getLogger(__name__)
-
-
-def bound_registry_requests(timeout_s: int, retries: int) -> None:
-    """Make MLflow HTTP calls from this process fail fast when the server is gone or hangs.
-    Values already set in the environment win (an operator's choice)."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Pro
 
 from models.ftrl import FTRLProximal, HeadDelta
 from services.common.events import FEEDBACK, FEEDBACK_DLQ, MODEL_UPDATES, PREDICTIONS, DeadLetter, ModelUpdate
+from services.common.registry import bound_registry_requests
 from services.feedback.checkpoint import Checkpoint, CheckpointStore
 from services.feedback.history import decode, published_deltas, same_delta, sync_delta
 from services.feedback.intake import Record, parse, rejected_letter
@@ -73,7 +74,6 @@ from services.feedback.registrar import (
     HeadSnapshot,
     Registering,
     Registrar,
-    bound_registry_requests,
 )
 from services.feedback.settings import FeedbackSettings
 from services.feedback.versions import HEAD_TAG, VersionKeeper

@@ -93,8 +93,9 @@ class Service:
 
     def _registry(self) -> Any:
         if self.registry is None:
-            from services.common.registry import Registry
+            from services.common.registry import Registry, bound_registry_requests
 
+            bound_registry_requests()  # an alias check against a hung registry must not hold deltas up for minutes
             self.registry = Registry(self.settings)
         return self.registry
 
