@@ -176,7 +176,9 @@ class Registrar:
         try:
             registered = self.keeper.register(snapshot.learner(self.learn_settings), dict(snapshot.offsets),
                                               snapshot.trigger)
-            published = self._published(registered.version) if registered.promoted else ()
+            # Only a version found again (a replay) can have deltas on it already; a new one has none, and the
+            # loop should go on from it at once: serving may load it any moment.
+            published = self._published(registered.version) if registered.promoted and registered.reused else ()
         except Exception as exc:  # the registry being down costs a retry, never the registration
             retry_in = min(self.retry_first_s * 2 ** (number - 1), self.retry_max_s)
             log.warning("registering %s failed (attempt %d), retrying in %.0f s: %s", snapshot.key, number,
