@@ -127,7 +127,7 @@ class Registrar:
         self.drift = drift
         self.results: queue.Queue[Attempt | ChampionSeen] = queue.Queue()
         self._jobs: queue.Queue[HeadSnapshot | _Check | None] = queue.Queue()
-        self._own_keys: set[str] = set()  # registrations handed over: a champion among them needs no download
+        self._own_keys: set[str] = set()  # registrations in hand: as champion, the loop goes on from the snapshot
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -167,6 +167,7 @@ class Registrar:
                 attempt = self.attempt(pending, number)
                 self.results.put(attempt)
                 if attempt.registered is not None:
+                    self._own_keys.discard(pending.key)  # from now on a champion like any other
                     pending = None
                 else:
                     retry_at = time.monotonic() + (attempt.retry_in_s or 0.0)
