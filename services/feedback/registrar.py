@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from models.ftrl import FTRLProximal, HeadDelta
 from services.common.events import ModelUpdate
 from services.common.registry import Version
@@ -33,6 +35,7 @@ from services.feedback.observer import Reference, load_reference
 from services.feedback.versions import HEAD_TAG, Registered, VersionKeeper
 
 log = logging.getLogger(__name__)
+CARRY_LIMIT = 64  # carried deltas kept apart; beyond, they are merged into one (a long registry outage)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,16 @@ class Carried:
     delta: HeadDelta
 
 
+def merged(deltas: list[HeadDelta]) -> HeadDelta:
+    """One delta with the effect of applying `deltas` in order (each sets the weights of its rows)."""
+    rows = np.unique(np.concatenate([d.rows for d in deltas])).astype(np.int64)
+    weights = np.zeros((len(rows), len(deltas[-1].classes)))
+    for delta in deltas:
+        weights[np.searchsorted(rows, delta.rows)] = delta.sparse_weights
+    dense = next((d.dense_weights for d in reversed(deltas) if d.dense_weights is not None), None)
+    return HeadDelta(deltas[-1].classes, rows, weights, dense)
+
+
 @dataclass
 class Registering:
     """The registration the worker holds, as the loop tracks it."""
@@ -81,6 +94,13 @@ class Registering:
     waiters: list[Any] = field(default_factory=list)  # Futures of `loopline promote` calls
     holdout_bytes: bytes | None = None  # the snapshot's held-back set as checkpoints store it
     since: float = field(default_factory=time.monotonic)
+
+    def carry(self, window_end: float | None, delta: HeadDelta) -> None:
+        """Keep a delta published after the snapshot. Past `CARRY_LIMIT` they are merged, at counts that
+        depend only on what was published, so a replay carries the same deltas."""
+        self.carried.append(Carried(window_end, delta))
+        if len(self.carried) > CARRY_LIMIT:
+            self.carried = [Carried(window_end, merged([c.delta for c in self.carried]))]
 
 
 @dataclass(frozen=True)

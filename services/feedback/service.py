@@ -597,7 +597,7 @@ class FeedbackService:
         """Keep a delta on the base of the registration in hand: if it is promoted, this goes out again."""
         current = self.registering
         if current is not None and current.snapshot.base_version == self.learner.base_version:
-            current.carried.append(Carried(window_end, delta))
+            current.carry(window_end, delta)
 
     def _sync(self, producer: Producer, sequence_made: int) -> None:
         """One delta from what serving holds (base + the published deltas) to the live head, which by now

@@ -22,6 +22,7 @@ from services.common.events import MODEL_UPDATES, ModelUpdate
 from services.common.registry import Version
 from services.feedback.history import decode
 from services.feedback.learner import OnlineLearner
+from services.feedback.registrar import CARRY_LIMIT, HeadSnapshot, Registering, merged
 from services.feedback.service import FeedbackService
 from services.feedback.settings import FeedbackSettings
 from services.feedback.versions import HEAD_TAG, Registered
@@ -222,3 +223,23 @@ def test_a_checkpoint_taken_while_registering_resumes_it_with_the_deltas_since(s
     assert (again.learner.base_version, again.learner.sequence) == (2, len(carried))
     assert [u.sequence for u in resumed.updates if u.kind == "delta"] == list(range(1, len(carried) + 1))
     again.registrar.stop()  # type: ignore[union-attr]
+
+
+def test_carried_deltas_merge_into_one_with_the_same_effect(trained) -> None:
+    rng = np.random.default_rng(0)
+    head = ServingHead.from_model(head_copy(trained[1]))
+    classes, dim = head.classes, head.w_sparse.shape[0]
+    deltas = [HeadDelta(classes, np.sort(rng.choice(dim, 30, replace=False)).astype(np.int64),
+                        rng.normal(size=(30, len(classes))), None if i % 3 else rng.normal(size=head.w_dense.shape))
+              for i in range(10)]
+    one_by_one = head
+    for delta in deltas:
+        one_by_one = one_by_one.apply(delta)
+    at_once = head.apply(merged(deltas))
+    np.testing.assert_array_equal(at_once.w_sparse, one_by_one.w_sparse)
+    np.testing.assert_array_equal(at_once.w_dense, one_by_one.w_dense)
+
+    registering = Registering(HeadSnapshot(1, 3, b"", (), {}, {}, "schedule"))
+    for i in range(CARRY_LIMIT + 1):
+        registering.carry(float(i), deltas[i % len(deltas)])
+    assert len(registering.carried) == 1 and registering.carried[0].window_end == CARRY_LIMIT
