@@ -223,7 +223,8 @@ def drain(stack: Stack, traffic: Traffic, timeout: float = 90.0) -> dict[str, An
     time.sleep(3.0)  # anything learned twice would show now
     metrics = _metrics(stack.feedback.url)
     live = _json(stack.feedback.url, "/healthz")["version"]
-    caught_up = _wait(lambda: _current(stack.serving.url) == _json(stack.feedback.url, "/healthz")["version"], 60)
+    caught_up = _wait(lambda: _current(stack.serving.url) == _plain(_json(stack.feedback.url, "/healthz")["version"]),
+                      60)
     registrations = {key.split('"')[1]: value for key, value in metrics.items()
                      if key.startswith("loopline_feedback_registrations_total{")}
     dead = {key.split('"')[1]: value for key, value in metrics.items()
@@ -360,6 +361,11 @@ def _json(url: str, path: str, timeout: float = 5.0) -> Any:
 def _current(serving_url: str) -> str:
     body = _json(serving_url, "/v1/models/current")
     return str(body["version"]) if body else ""
+
+
+def _plain(version: str) -> str:
+    """As serving names it: a full version without deltas is "4", not "4+ftrl.0"."""
+    return version.removesuffix("+ftrl.0")
 
 
 def _metrics(url: str) -> dict[str, float]:
