@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -40,6 +41,16 @@ SIGNATURE = ModelSignature(
 RUNTIME_REQUIREMENTS = ["onnxruntime==1.31.1", "transformers==5.23.0", "torch==2.13.0", "numba==0.68.1",
                         "mmh3==5.3.1", "numpy", "scipy", "pandas"]
 TAG_LIMIT = 5000  # MLflow's column size for tag values (enforced by PostgreSQL, not SQLite)
+
+
+def bound_registry_requests(timeout_s: int = 10, retries: int = 1) -> None:
+    """Make MLflow HTTP calls from this process fail in seconds when the server is gone or hangs (a stopped
+    server accepts connections and never answers). MLflow's defaults, 7 retries with backoff and 120 s per
+    try, hold a caller for many minutes. For services, whose loops must not wait on the registry; values
+    already in the environment win."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
 class RegistryError(Exception):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,13 @@ class FeedbackCollector(Collector):
         for outcome, n in s.stats.registrations.items():
             registrations.add_metric([outcome], n)
         yield registrations
+        registering = s.registering
+        yield GaugeMetricFamily("loopline_feedback_registrations_pending", "Registrations handed to the registry "
+                                "worker and not done yet (one in hand, one owed)",
+                                value=(registering is not None) + (s.owed is not None))
+        yield GaugeMetricFamily("loopline_feedback_registration_pending_seconds", "How long the registration in "
+                                "hand has waited for the registry",
+                                value=time.monotonic() - registering.since if registering is not None else 0.0)
         if s.observer is not None:
             observed = CounterMetricFamily("loopline_feedback_observer", "Drift windows, alerts, Feast pushes",
                                            labels=["outcome"])

@@ -16,11 +16,18 @@ numbers, which serving skips as already applied.
 
 Around that loop (only when running against a registry, `run`): the online head is
 registered as a full version every `registry_interval_s` of event time and on
-`loopline promote` (`versions.VersionKeeper`); when `champion` moves to it, deltas
-continue from the new version. When a retrain moves `champion` elsewhere, learning
-restarts from that version's head, and feedback on predictions of a version whose
-encoder differs goes to the dead letters as `stale_model`. Released windows go to the
-`Observer` thread for drift reports and per-user stats in Feast.
+`loopline promote` (`versions.VersionKeeper`). The loop never waits for the registry: at
+the window boundary where a registration falls due it hands a snapshot of the head to
+the `registrar.Registrar` thread and learns on; the snapshot and every delta published
+after it are checkpointed until the outcome is back, so a crash neither loses the
+registration nor makes another version (a replay finds it by its key). When `champion`
+moves to the registered head at sequence k while the loop has gone on to k+j, the loop
+continues on the new version by publishing the deltas k+1..k+j again, numbered 1..j on
+it: serving, which loads the new version, ends with the live head, and the numbers stay
+those a run without any wait would have given. When a retrain moves `champion`
+elsewhere, learning restarts from that version's head, and feedback on predictions of a
+version whose encoder differs goes to the dead letters as `stale_model`. Released
+windows go to the `Observer` thread for drift reports and per-user stats in Feast.
 """
 
 from __future__ import annotations
@@ -41,8 +48,9 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
-from models.ftrl import FTRLProximal
+from models.ftrl import FTRLProximal, HeadDelta
 from services.common.events import FEEDBACK, FEEDBACK_DLQ, MODEL_UPDATES, PREDICTIONS, DeadLetter, ModelUpdate
+from services.common.registry import bound_registry_requests
 from services.feedback.checkpoint import Checkpoint, CheckpointStore
 from services.feedback.history import decode, published_deltas, same_delta, sync_delta
 from services.feedback.intake import Record, far_future, parse, rejected_letter
@@ -59,14 +67,24 @@ from services.feedback.join import (
 )
 from services.feedback.learner import LearnSettings, OnlineLearner, Progress, WindowReport
 from services.feedback.observer import Observer, UserStat, load_reference
+from services.feedback.registrar import (
+    Attempt,
+    Carried,
+    ChampionSeen,
+    HeadSnapshot,
+    Registering,
+    Registrar,
+)
 from services.feedback.settings import FeedbackSettings
-from services.feedback.versions import Registered, VersionKeeper
+from services.feedback.versions import HEAD_TAG, VersionKeeper
 
 log = logging.getLogger(__name__)
 HEAD = "head.npz"
 JOIN = "join.npz"
 HOLDOUT = "holdout.npz"
 USERS = "users.json"
+REGISTERING_HEAD = "registering-head.npz"
+REGISTERING_HOLDOUT = "registering-holdout.npz"
 
 
 class ServiceError(Exception):
@@ -78,7 +96,8 @@ class Stats:
     windows: Counter[str]  # by decision
     dead_letters: Counter[str]  # by reason
     records: Counter[str]  # by topic
-    registrations: Counter[str] = field(default_factory=Counter)  # promoted, kept, failed; base changes
+    # promoted, kept, failed and retried attempts; base changes (rebased, reset, synced)
+    registrations: Counter[str] = field(default_factory=Counter)
 
 
 class FeedbackService:
@@ -99,6 +118,12 @@ class FeedbackService:
         self.next_registration: float | None = None  # event time of the next scheduled registry version
         self.registration_due: str | None = None
         self.check_champion_now = False
+        self.registrar: Registrar | None = None  # started by `run` (or a test)
+        self.registering: Registering | None = None  # handed to the registrar, outcome not applied yet
+        self.owed: str | None = None  # a registration that fell due while another was in hand
+        self._owed_waiters: list[Future[dict[str, Any]]] = []
+        self._checking = False  # a champion check is with the registrar
+        self._base_head: tuple[int, FTRLProximal] | None = None  # the base version's head, when at hand
         self._asked: set[int] = set()
         self._promotions: queue.Queue[Future[dict[str, Any]]] = queue.Queue()
         self._published: dict[int, ModelUpdate] = {}  # deltas on the base version found at start, by sequence
@@ -156,6 +181,8 @@ class FeedbackService:
         self.next_registration = state.get("next_registration")
         self.corrections = {u: (int(c), str(i), float(t)) for u, (c, i, t) in
                             json.loads(checkpoint.files[USERS]).items()} if USERS in checkpoint.files else {}
+        self.registering = _registering_from(state, checkpoint.files)
+        self.owed = state.get("owed")
         log.info("resumed from checkpoint %d: v%d+ftrl.%d, %d partitions", checkpoint.number,
                  self.learner.base_version, self.learner.sequence, len(self.offsets))
 
@@ -167,13 +194,16 @@ class FeedbackService:
             "windows": dict(self.stats.windows), "dead_letters": dict(self.stats.dead_letters),
             "records": dict(self.stats.records), "progress": self.learner.progress.to_json(),
             "registrations": dict(self.stats.registrations), "accepted_bases": sorted(self.accepted_bases),
-            "next_registration": self.next_registration,
+            "next_registration": self.next_registration, "owed": self.owed,
         }
+        files = {HEAD: self.learner.model.to_bytes(), JOIN: self.store.to_bytes(),
+                 HOLDOUT: joined_to_bytes(list(self.learner.holdout)),
+                 USERS: json.dumps(self.corrections, sort_keys=True).encode()}
+        if self.registering is not None:
+            state["registering"], extra = _registering_to(self.registering)
+            files |= extra
         self.checkpoint_number += 1
-        return Checkpoint(self.checkpoint_number, state,
-                          {HEAD: self.learner.model.to_bytes(), JOIN: self.store.to_bytes(),
-                           HOLDOUT: joined_to_bytes(list(self.learner.holdout)),
-                           USERS: json.dumps(self.corrections, sort_keys=True).encode()})
+        return Checkpoint(self.checkpoint_number, state, files)
 
     # -- processing (no I/O: testable without a broker) -----------------------------------------
 
@@ -284,10 +314,13 @@ class FeedbackService:
 
     def update_event(self, report: WindowReport) -> ModelUpdate:
         assert report.delta is not None
+        return self._delta_event(report.sequence, report.delta, report.window_end)
+
+    def _delta_event(self, sequence: int, delta: HeadDelta, window_end: float | None) -> ModelUpdate:
         base = self.learner.base_version
-        return ModelUpdate(model=self.settings.model_name, kind="delta", version=f"{base}+ftrl.{report.sequence}",
-                           base_version=base, sequence=report.sequence,
-                           delta=base64.b64encode(report.delta.to_bytes()).decode(), window_end=report.window_end)
+        return ModelUpdate(model=self.settings.model_name, kind="delta", version=f"{base}+ftrl.{sequence}",
+                           base_version=base, sequence=sequence, delta=base64.b64encode(delta.to_bytes()).decode(),
+                           window_end=window_end)
 
     def _dead(self, letter: DeadLetter) -> None:
         self.stats.dead_letters[letter.reason] += 1
@@ -317,8 +350,9 @@ class FeedbackService:
         self._start_observer()
         self._servers = servers
         self._published = self._published_on_base()
+        self.start_registrar()
         last_checkpoint = time.monotonic()
-        next_champion_check = 0.0 if self.keeper is not None else math.inf
+        next_champion_check = 0.0 if self.registrar is not None else math.inf
         try:
             while not stop.is_set():
                 for message in consumer.consume(num_messages=1000, timeout=0.1):
@@ -327,120 +361,217 @@ class FeedbackService:
                         self.process(record, time.time())
                 if self.check_champion_now or time.monotonic() >= next_champion_check:
                     next_champion_check = time.monotonic() + self.settings.champion_check_s
-                    self._follow_champion(producer)
-                for report in self.tick(time.time()):
-                    if report.decision == "published" and self._publish(producer, report) == "synced":
-                        break  # the sync delta carries the head after every window of this tick
-                if self.registration_due is not None:
-                    self._register(self.registration_due, producer)
-                while not self._promotions.empty():
-                    request = self._promotions.get()
-                    request.set_result(self._promote_request(producer))
+                    self.ask_champion()
+                self.advance(producer, time.time())
                 self._send_letters(producer)
                 producer.poll(0)
                 due = self._save_now or time.monotonic() - last_checkpoint >= self.settings.checkpoint_interval_s
                 if due and self._save(producer, consumer):
                     last_checkpoint, self._save_now = time.monotonic(), False
         finally:
+            if self.registrar is not None:
+                self.registrar.stop(timeout=1.0)  # a registration in hand is checkpointed: the next start resumes it
             self._send_letters(producer)
             self._save(producer, consumer)
             consumer.close()
+            stopped = {"status": "stopped", "detail": "the service is stopping; the registration resumes at its "
+                       "next start"}
+            for waiter in [*(self.registering.waiters if self.registering else []), *self._owed_waiters]:
+                if not waiter.done():
+                    waiter.set_result(stopped)
             while not self._promotions.empty():
                 self._promotions.get().set_result({"status": "stopped", "detail": "the service is stopping"})
             if self.observer is not None:
                 self.observer.close()
 
+    def advance(self, producer: Producer, now: float, flush: bool = False) -> None:
+        """One pass after consuming: apply what the registry worker reported, learn and publish the windows
+        the watermark passed, hand over a registration that fell due, take `loopline promote` requests."""
+        self.apply_registry_results(producer)
+        for report in self.tick(now, flush):
+            if report.decision == "published" and self._publish(producer, report) == "synced":
+                break  # the sync delta carries the head after every window of this tick
+        if self.registration_due is not None:
+            self.hand_over(self.registration_due)
+        while not self._promotions.empty():
+            self.promote_request(self._promotions.get())
+
     # -- registry versions and the champion --------------------------------------------------
+
+    def start_registrar(self) -> None:
+        """Start the registry worker (with a keeper only) and give it back a registration a checkpoint held."""
+        if self.keeper is None or self.registrar is not None:
+            return
+        s = self.settings
+        bound_registry_requests(s.registry_request_timeout_s, s.registry_request_retries)
+        self.registrar = Registrar(self.keeper, self._learn_settings(), self._servers, s.registry_retry_first_s,
+                                   s.registry_retry_max_s, s.drift)
+        self.registrar.start()
+        if self.registering is not None:
+            log.info("resuming the registration of %s", self.registering.snapshot.key)
+            self.registrar.register(self.registering.snapshot)
+
+    def ask_champion(self) -> None:
+        """Have the registrar look at the champion, unless it is still busy with the last question."""
+        self.check_champion_now = False
+        if self.registrar is not None and not self._checking:
+            self._checking = True
+            self.registrar.check_champion(self.learner.base_version)
 
     def request_promotion(self, timeout: float = 300.0) -> dict[str, Any]:
         """From another thread (`loopline promote`): register the live head at the next window boundary
-        and move `champion` to it if it passes; returns what happened."""
+        and move `champion` to it if it passes; returns what happened on the first try."""
         if self.keeper is None:
             return {"status": "unavailable", "detail": "this service runs without a registry"}
         request: Future[dict[str, Any]] = Future()
         self._promotions.put(request)
         return request.result(timeout)
 
-    def _promote_request(self, producer: Producer) -> dict[str, Any]:
-        if self.learner.sequence == 0:
-            return {"status": "unchanged", "version": self.learner.base_version,
-                    "detail": f"nothing learned since v{self.learner.base_version}: nothing to register"}
-        result = self._register("loopline promote", producer)
-        if result is None:
-            return {"status": "failed", "detail": "registration failed; see the service log"}
-        return {"status": "promoted" if result.promoted else "registered", "version": result.version,
-                "detail": result.reason}
+    def promote_request(self, request: Future[dict[str, Any]]) -> None:
+        if self.registering is None and self.learner.sequence == 0:
+            request.set_result({"status": "unchanged", "version": self.learner.base_version,
+                                "detail": f"nothing learned since v{self.learner.base_version}: nothing to register"})
+            return
+        self.hand_over("loopline promote", [request])
 
-    def _register(self, trigger: str, producer: Producer) -> Registered | None:
-        """Register the live head; on promotion, continue the deltas from the new version."""
-        assert self.keeper is not None
+    def hand_over(self, trigger: str, waiters: list[Future[dict[str, Any]]] | None = None) -> None:
+        """At a window boundary: give the registrar a snapshot of the live head; while it still holds one,
+        owe the registration until that one is done."""
         self.registration_due = None
-        try:
-            result = self.keeper.register(self.learner, dict(self.offsets), trigger)
-        except Exception:  # the registry being down costs this version, not learning
-            log.exception("registering the online head failed")
-            self.stats.registrations["failed"] += 1
-            return None
-        self.stats.registrations["promoted" if result.promoted else "kept"] += 1
-        if result.promoted:
-            self._rebase(result.version, producer)
-        return result
+        waiters = [*self._owed_waiters, *(waiters or [])]
+        if self.registrar is None:
+            for waiter in waiters:
+                waiter.set_result({"status": "unavailable", "detail": "the registry worker is not running"})
+            return
+        if self.registering is not None:
+            self.owed, self._owed_waiters = self.owed or trigger, waiters
+            return
+        self.owed, self._owed_waiters = None, []
+        if self.learner.sequence == 0:
+            for waiter in waiters:
+                waiter.set_result({"status": "unchanged", "version": self.learner.base_version, "detail":
+                                   f"nothing learned since v{self.learner.base_version}: nothing to register"})
+            return
+        snapshot = HeadSnapshot.of(self.learner, self.offsets, trigger)
+        self.registering = Registering(snapshot, waiters=waiters)
+        self.registrar.register(snapshot)
+        log.info("registration of %s handed over (%s)", snapshot.key, trigger)
 
-    def _rebase(self, version: int, producer: Producer, announce: bool = True) -> None:
-        """The live head is registry version `version` now: later deltas are numbered on it."""
-        log.info("v%d+ftrl.%d is v%d now; deltas continue on it", self.learner.base_version,
-                 self.learner.sequence, version)
+    def apply_registry_results(self, producer: Producer) -> None:
+        """Apply what the registrar reported since the last pass (between windows, so at a boundary)."""
+        if self.registrar is None:
+            return
+        while True:
+            try:
+                result = self.registrar.results.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(result, Attempt):
+                self._apply_attempt(result, producer)
+            else:
+                self._checking = False
+                self._apply_champion(result, producer)
+
+    def _apply_attempt(self, attempt: Attempt, producer: Producer) -> None:
+        current = self.registering
+        if attempt.number > 1:
+            self.stats.registrations["retried"] += 1
+        result = attempt.registered
+        if result is None:
+            self.stats.registrations["failed"] += 1
+            if current is not None and attempt.snapshot is current.snapshot:
+                _answer(current.waiters, {"status": "failed", "detail": f"registry unreachable ({attempt.error}); "
+                                          f"{attempt.snapshot.key} is registered once it is back"})
+            return
+        self.stats.registrations["promoted" if result.promoted else "kept"] += 1
+        if current is None or attempt.snapshot is not current.snapshot:
+            return  # the champion check saw it promoted first and the loop went on from it
+        log.info("v%d registered from %s after %d attempt(s): %s", result.version, attempt.snapshot.key,
+                 attempt.number, result.reason)
+        _answer(current.waiters, {"status": "promoted" if result.promoted else "registered",
+                                  "version": result.version, "detail": result.reason})
+        self.registering = None
+        if result.promoted and self.learner.base_version == attempt.snapshot.base_version:
+            self._rebase(result.version, producer, carried=current.carried, published=attempt.published,
+                         base_head=attempt.snapshot.head)
+        self._save_now = True  # the registration is done: no checkpoint may resume it again
+        if self.owed is not None:
+            self.registration_due = self.owed  # at the next window boundary
+
+    def _apply_champion(self, seen: ChampionSeen, producer: Producer) -> None:
+        """Follow a champion someone else moved (a retrain, a rollback) by learning on from it; or continue on
+        the registration in hand if the registry already made it the champion."""
+        base = self.learner.base_version
+        if seen.error is not None:
+            log.warning("registry: %s; learning on v%d", seen.error, base)
+            return
+        champion = seen.champion
+        if champion is None or champion.version == base:
+            return
+        if seen.asked_base != base:
+            self.check_champion_now = True  # asked before the base changed: ask again
+            return
+        tags, current = champion.tags, self.registering
+        if current is not None and tags.get(HEAD_TAG) == current.snapshot.key:
+            _answer(current.waiters, {"status": "promoted", "version": champion.version,
+                                      "detail": f"champion is v{champion.version}, the registered {tags[HEAD_TAG]}"})
+            self.registering = None
+            self._rebase(champion.version, producer, carried=current.carried, published=seen.published,
+                         base_head=current.snapshot.head)
+            if self.owed is not None:
+                self.registration_due = self.owed
+            return
+        if tags.get("source") == "online" and tags.get("parent_version") == str(base):
+            registered_at = int(tags.get("online.sequence", "-1"))
+            if registered_at > self.learner.sequence:  # registered before a crash: the replay gets there
+                return
+            if registered_at == self.learner.sequence:
+                self._rebase(champion.version, producer, announce=False, published=seen.published)
+                return
+        if seen.head is None:
+            log.warning("champion v%d moved but its head is not at hand; asking again", champion.version)
+            self.check_champion_now = True
+            return
+        self._reset(champion.version, seen)
+
+    def _rebase(self, version: int, producer: Producer, announce: bool = True, carried: list[Carried] | None = None,
+                published: tuple[ModelUpdate, ...] = (), base_head: bytes | None = None) -> None:
+        """The registered head is registry version `version` now: deltas are numbered on it. `carried` are the
+        deltas published since the registered head; they go out again on the new version, so serving, which
+        loads it, ends with the live head."""
+        carried = carried or []
+        log.info("v%d+ftrl.%d is v%d now; deltas continue on it (%d carried over)", self.learner.base_version,
+                 self.learner.sequence - len(carried), version, len(carried))
         self.learner.rebase(version)
         self.accepted_bases.add(version)
-        self._published = self._published_on_base()  # a replay past a promotion meets its own deltas
+        self._published = {u.sequence: u for u in published}  # a replay past a promotion meets its own deltas
+        self._base_head = (version, FTRLProximal.from_bytes(base_head)) if base_head is not None else None
         self.stats.registrations["rebased"] += 1
         if announce:
             name = self.settings.model_name
             event = ModelUpdate(model=name, kind="full", version=str(version), base_version=version,
                                 uri=f"models:/{name}/{version}")
             self._send(producer, MODEL_UPDATES, name, event.model_dump_json().encode())
+        for sequence, delta in enumerate(carried, 1):
+            self.learner.sequence = sequence
+            if self._publish_delta(producer, sequence, delta.delta, delta.window_end) == "synced":
+                break  # the sync delta carries the live head
         self._save_now = True  # a base change is checkpointed before any delta on the new base
 
-    def _follow_champion(self, producer: Producer) -> None:
-        """Follow a champion someone else moved (a retrain, a rollback) by learning on from it."""
-        assert self.keeper is not None
-        self.check_champion_now = False
-        try:
-            champion = self.keeper.champion()
-        except Exception as exc:
-            log.warning("registry unreachable, learning on v%d: %s", self.learner.base_version, exc)
-            return
-        if champion is None or champion.version == self.learner.base_version:
-            return
-        tags = champion.tags
-        if tags.get("source") == "online" and tags.get("parent_version") == str(self.learner.base_version):
-            registered_at = int(tags.get("online.sequence", "-1"))
-            if registered_at > self.learner.sequence:  # registered before a crash: the replay gets there
-                return
-            if registered_at == self.learner.sequence:
-                self._rebase(champion.version, producer, announce=False)
-                return
-        try:
-            self._reset(champion.version)
-        except Exception:
-            log.exception("champion v%d could not be loaded; learning on v%d", champion.version,
-                          self.learner.base_version)
-
-    def _reset(self, version: int) -> None:
+    def _reset(self, version: int, seen: ChampionSeen) -> None:
         """Learn on from registry version `version`'s head; keep what its inputs allow."""
-        assert self.keeper is not None
-        bundles, old = self.keeper.bundles, self.learner
-        head = bundles.head(version)
-        same_inputs = bundles.inputs(version) == bundles.inputs(old.base_version)
+        assert seen.head is not None
+        old, head, same_inputs = self.learner, seen.head, seen.same_inputs
         self.learner = OnlineLearner(head, version, self._learn_settings())
         self.learner.progress = old.progress
-        self._published = self._published_on_base()
+        self._published = {u.sequence: u for u in seen.published}
+        self._base_head = None
         if same_inputs:
             self.learner.holdout.extend(j for j in old.holdout if j.feedback.label in head.class_index)
         self.accepted_bases = (self.accepted_bases if same_inputs else set()) | {version}
         self.stats.registrations["reset"] += 1
         if self.observer is not None and not same_inputs:
-            self.observer.new_reference(load_reference(bundles.get(version)), version)
+            self.observer.new_reference(seen.reference, version)
         log.warning("champion moved from v%d to v%d: learning on from it (%s)", old.base_version, version,
                     "same inputs, held-back examples kept" if same_inputs else
                     "other encoder: feedback on older predictions goes to the dead letters as stale_model")
@@ -454,33 +585,47 @@ class FeedbackService:
         return {u.sequence: u for u in found}
 
     def _publish(self, producer: Producer, report: WindowReport) -> str:
-        """Send a published window's delta, or a sync delta if an earlier history numbered it otherwise."""
         assert report.delta is not None
-        earlier = self._published.get(report.sequence)
-        if earlier is not None and not same_delta(decode(earlier), report.delta):
-            self._sync(producer, report)
+        return self._publish_delta(producer, report.sequence, report.delta, report.window_end)
+
+    def _publish_delta(self, producer: Producer, sequence: int, delta: HeadDelta, window_end: float | None) -> str:
+        """Send a delta, or a sync delta if an earlier history numbered it otherwise."""
+        earlier = self._published.get(sequence)
+        if earlier is not None and not same_delta(decode(earlier), delta):
+            self._sync(producer, sequence)
             return "synced"
         self._send(producer, MODEL_UPDATES, self.settings.model_name,
-                   self.update_event(report).model_dump_json().encode())
+                   self._delta_event(sequence, delta, window_end).model_dump_json().encode())
+        self._carry(window_end, delta)
         return "sent"
 
-    def _sync(self, producer: Producer, report: WindowReport) -> None:
+    def _carry(self, window_end: float | None, delta: HeadDelta) -> None:
+        """Keep a delta on the base of the registration in hand: if it is promoted, this goes out again."""
+        current = self.registering
+        if current is not None and current.snapshot.base_version == self.learner.base_version:
+            current.carry(window_end, delta)
+
+    def _sync(self, producer: Producer, sequence_made: int) -> None:
         """One delta from what serving holds (base + the published deltas) to the live head, which by now
         includes every window learned in this tick."""
-        assert self.keeper is not None
         base, published = self.learner.base_version, sorted(self._published.values(), key=lambda u: u.sequence)
-        delta = sync_delta(self.learner.live, self.keeper.bundles.head(base), published)
+        delta = sync_delta(self.learner.live, self._base_model(base), published)
         sequence = self.learner.sequence = published[-1].sequence + 1
-        self._send(producer, MODEL_UPDATES, self.settings.model_name, ModelUpdate(
-            model=self.settings.model_name, kind="delta", version=f"{base}+ftrl.{sequence}", base_version=base,
-            sequence=sequence, delta=base64.b64encode(delta.to_bytes()).decode(),
-            window_end=self.last_window_end).model_dump_json().encode())
+        self._send(producer, MODEL_UPDATES, self.settings.model_name,
+                   self._delta_event(sequence, delta, self.last_window_end).model_dump_json().encode())
+        self._carry(self.last_window_end, delta)
         log.warning("v%d+ftrl.%d was published from another history (a lost state folder?): published "
                     "v%d+ftrl.%d with this head's weights on the %d coordinates either touched", base,
-                    report.sequence, base, sequence, len(delta.rows))
+                    sequence_made, base, sequence, len(delta.rows))
         self._published = {}
         self.stats.registrations["synced"] += 1
         self._save_now = True
+
+    def _base_model(self, version: int) -> FTRLProximal:
+        if self._base_head is not None and self._base_head[0] == version:
+            return self._base_head[1]
+        assert self.keeper is not None
+        return self.keeper.bundles.head(version)
 
     def _start_observer(self) -> None:
         if self.keeper is None or self.observer is not None:
@@ -525,6 +670,41 @@ class FeedbackService:
             except Exception as exc:  # the checkpoint, not the committed offset, is what a restart uses
                 log.warning("offset commit failed after %s: %s", path.name, exc)
         return True
+
+
+def _answer(waiters: list[Future[dict[str, Any]]], result: dict[str, Any]) -> None:
+    """Tell `loopline promote` callers what became of their registration (once)."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(result)
+
+
+def _registering_to(registering: Registering) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The registration in hand as checkpoint state and files."""
+    snapshot = registering.snapshot
+    state = {"base_version": snapshot.base_version, "sequence": snapshot.sequence, "trigger": snapshot.trigger,
+             "offsets": dict(snapshot.offsets), "progress": snapshot.progress,
+             "carried": [c.window_end for c in registering.carried]}
+    if registering.holdout_bytes is None:  # the same on every checkpoint: encode it once
+        registering.holdout_bytes = joined_to_bytes(list(snapshot.holdout))
+    files = {REGISTERING_HEAD: snapshot.head, REGISTERING_HOLDOUT: registering.holdout_bytes}
+    files |= {_carried_file(i): c.delta.to_bytes() for i, c in enumerate(registering.carried)}
+    return state, files
+
+
+def _registering_from(state: dict[str, Any], files: dict[str, bytes]) -> Registering | None:
+    saved = state.get("registering")
+    if saved is None:
+        return None
+    snapshot = HeadSnapshot(int(saved["base_version"]), int(saved["sequence"]), files[REGISTERING_HEAD],
+                            tuple(joined_from_bytes(files[REGISTERING_HOLDOUT])), saved["progress"],
+                            {k: int(v) for k, v in saved["offsets"].items()}, str(saved["trigger"]))
+    carried = [Carried(end, HeadDelta.from_bytes(files[_carried_file(i)])) for i, end in enumerate(saved["carried"])]
+    return Registering(snapshot, carried, holdout_bytes=files[REGISTERING_HOLDOUT])
+
+
+def _carried_file(index: int) -> str:
+    return f"carried-{index:06d}.npz"
 
 
 def tune_gc() -> None:

@@ -37,6 +37,14 @@ class FeedbackSettings(CommonSettings):
     metrics_port: int = Field(8001, ge=1, le=65535, description="Health and Prometheus metrics.")
     registry_interval_s: float = Field(300.0, ge=0.0, description="Event time between registry versions of "
                                        "the online head; 0: only on `loopline promote`.")
+    registry_retry_first_s: float = Field(1.0, gt=0.0, description="Wait before retrying a failed registration; "
+                                          "doubles on every failure...")
+    registry_retry_max_s: float = Field(60.0, gt=0.0, description="...up to this. Registrations are retried until "
+                                        "the registry answers; the learning loop never waits for it.")
+    registry_request_timeout_s: int = Field(10, ge=1, description="MLflow HTTP timeout per request "
+                                            "(MLFLOW_HTTP_REQUEST_TIMEOUT, if that is not set).")
+    registry_request_retries: int = Field(1, ge=0, le=10, description="MLflow's own retries per request "
+                                          "(MLFLOW_HTTP_REQUEST_MAX_RETRIES, if that is not set).")
     champion_check_s: float = Field(30.0, gt=0.0, description="How often the registry's champion is checked "
                                     "(a retrain that moved it restarts learning from it).")
     admin_token: SecretStr | None = Field(None, description="Bearer token `loopline promote` must send; "

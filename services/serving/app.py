@@ -94,8 +94,9 @@ class Service:
 
     def _registry(self) -> Any:
         if self.registry is None:
-            from services.common.registry import Registry
+            from services.common.registry import Registry, bound_registry_requests
 
+            bound_registry_requests()  # an alias check against a hung registry must not hold deltas up for minutes
             self.registry = Registry(self.settings)
         return self.registry
 
@@ -124,7 +125,9 @@ class Service:
         with download_folder(self.settings.state_dir) as tmp:
             try:
                 bundle = registry.download(target.version, Path(tmp))
-            except Exception as exc:  # any download or verification failure is a refused load
+            except Exception as exc:  # any download or verification failure is a refused load...
+                if _unreachable(exc):  # ...but a registry that went away is not the version's fault: retried
+                    raise
                 self.store.failed_loads += 1
                 raise LoadError(f"version {target.version} refused: {exc}") from exc
             return self.store.load_bundle(bundle, target.version)
@@ -233,6 +236,19 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """Whether a registry call failed for want of an answer (refused, reset, timed out) rather than for what
+    it answered; MLflow wraps the `requests` error without `from`, so the chain is walked."""
+    import requests
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def create_app(settings: ServingSettings | None = None) -> FastAPI:
     service = Service(settings or ServingSettings())
 
@@ -244,7 +260,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         try:
             snapshot = await asyncio.to_thread(service.load_version)
             champion = None if service.settings.bundle else snapshot.base_version
-        except LoadError as exc:
+        except Exception as exc:  # refused, or the registry went away mid-download: the alias check retries
             log.error("starting without a model: %s", exc)
         service.batcher.start()
         service.log.start()
@@ -312,6 +328,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             snapshot = await asyncio.to_thread(service.load_version)
         except LoadError as exc:
             raise HTTPException(409, f"{exc}; still serving the previous model") from exc
+        except Exception as exc:
+            if not _unreachable(exc):
+                raise
+            raise HTTPException(503, f"registry unreachable ({exc}); still serving the previous model") from exc
         if not service.settings.bundle:
             service.updates.last_champion = snapshot.base_version
         return await current()
@@ -322,6 +342,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             await asyncio.to_thread(service.load_version, request.version)
         except LoadError as exc:
             raise HTTPException(409, f"{exc}; still serving the previous model") from exc
+        except Exception as exc:
+            if not _unreachable(exc):
+                raise
+            raise HTTPException(503, f"registry unreachable ({exc}); still serving the previous model") from exc
         return await current()
 
     @app.get("/healthz")
