@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import reliability_feedback  # bench/reliability_feedback.py: bench scripts import each other
-from quantize import cpu_name
 from reliability_outcome import Outcome
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -47,7 +46,7 @@ from rich.table import Table
 console = Console(width=shutil.get_terminal_size((200, 40)).columns)  # wide tables unwrapped in logs
 
 # (part of the system, its run(work, trials, quick, progress) -> rows); one line per scenario module.
-Run = Callable[[Path, "int | None", bool, "Progress | None"], list[Outcome]]
+Run = Callable[[Path, int | None, bool, Progress | None], list[Outcome]]
 SCENARIOS: list[tuple[str, Run]] = [
     ("feedback service, checkpoints, broker", reliability_feedback.run),
 ]
@@ -108,6 +107,8 @@ def main() -> None:
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # reconnect noise while the broker is paused
     started, load_before = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
     outcomes, failed = run_all(args)
+    from quantize import cpu_name  # bench/quantize.py; imported late: it pulls in torch
+
     hardware = f"{cpu_name()}, {os.cpu_count()} cores, CPython {platform.python_version()}"
     print_table(outcomes, hardware)
     for f in failed:

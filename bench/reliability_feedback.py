@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import random
 import re
@@ -49,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from reliability_outcome import Outcome  # bench/reliability_outcome.py: bench scripts import each other
 
+log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # tests/integration/stack.py starts the processes exactly as the test suite does
@@ -633,6 +635,64 @@ def pause_broker(stack: Stack, service: Feedback, pause_s: float, trials: int, s
                                                    for x, t in zip(m, results, strict=True)]})
 
 
+# -- hostile input ------------------------------------------------------------------------------
+
+
+def malformed_events(stack: Stack, pair: Pair, seed: int = 5) -> Outcome:
+    """tests/reliability/test_hostile_events.py's corpus of malformed feedback and prediction events,
+    interleaved with good traffic: each one must be dead-lettered by each service exactly once with the
+    reason its kind calls for, and every good feedback event learned once."""
+    from services.common.events import FEEDBACK
+    from tests.reliability.test_hostile_events import (
+        bad_feedback,
+        bad_predictions,
+        logged_prediction,
+        produce,
+        serve_and_label,
+    )
+
+    services = [pair.steady, pair.victim]
+    producer = stack.producer()
+    before = learned(metrics(pair.steady))
+    good_sent = []
+
+    def send_good(pid: str, event: Any) -> None:
+        good_sent.append(produce(producer, FEEDBACK, pid, event.model_dump_json().encode(), kind="good",
+                                 reason=None))
+
+    good = serve_and_label(stack.serving, 30, seed=seed * 100 + 1, send=send_good)
+    template = logged_prediction(stack.serving, good[0][0])
+    corpus = bad_feedback(good) + bad_predictions(template, len(base64.b64decode(template["features"]["embedding"]))
+                                                  // 4)
+    more = serve_and_label(stack.serving, len(corpus), seed=seed * 100 + 2)
+    bad = []
+    for item, (pid, event) in zip(corpus, more, strict=True):  # interleaved with good traffic
+        bad.append(produce(producer, item.topic, item.key, item.value, kind=item.kind, reason=item.reason))
+        send_good(pid, event)
+    producer.close(10)
+    stack.feedback_acked += len(good_sent) + sum(b.topic == FEEDBACK for b in bad)
+    settled = settle(services, stack.feedback_acked)
+
+    reasons: dict[tuple[str, int, int], list[str]] = {}
+    for letter in read_dead_letters(stack.broker.url):
+        reasons.setdefault((letter.topic, letter.partition, letter.offset), []).append(letter.reason)
+    wrong = [f"{b.kind}: {reasons.get(b.where, [])}" for b in bad
+             if reasons.get(b.where, []) != [b.reason] * len(services)]
+    gained = learned(metrics(pair.steady)) - before
+    good_letters = sum(len(reasons.get(g.where, [])) for g in good_sent)
+    lost = sum(not reasons.get(b.where) for b in bad) + max(0, len(good_sent) - gained)
+    twice = sum(max(0, len(reasons.get(b.where, [])) - len(services)) for b in bad) + max(0, gained - len(good_sent))
+    detail = (f"{len(bad)} malformed events ({len({b.topic for b in bad})} topics) among {len(good_sent)} good "
+              f"feedback events, {len(services)} feedback services: dead-lettered with the expected reason by each "
+              f"{len(bad) - len(wrong)}; good events learned {gained}, dead-lettered {good_letters}")
+    if wrong or not settled:
+        detail += "; FAILED: " + "; ".join(wrong + ([] if settled else ["not settled"]))
+    return Outcome("malformed events (tests/reliability/test_hostile_events.py corpus)", len(bad),
+                   len(bad) - len(wrong), lost, twice, 0, detail,
+                   {"kinds": {b.kind: reasons.get(b.where, []) for b in bad}, "good_sent": len(good_sent),
+                    "good_learned": gained, "good_dead_lettered": good_letters})
+
+
 # -- every scenario of this module, as bench/reliability.py runs them --------------------------------
 
 
@@ -655,6 +715,10 @@ def run(work: Path, trials: int | None = None, quick: bool = False, progress: Pr
         for how, fault in (("flip", FLIPPED), ("truncate", TRUNCATED)):
             outcomes.append(damaged_checkpoint(stack, pair, counts[fault], how,
                                                advance=advance(fault, counts[fault])))
+        try:
+            outcomes.append(malformed_events(stack, pair))
+        except Exception:  # a row that could not be measured is left out, never made up
+            log.exception("malformed events: not measured")
         n = trials or pause_trials
         outcomes.append(pause_broker(stack, pair.steady, pause_s, n, advance=advance(pause_row(pause_s), n)))
         return outcomes
