@@ -15,9 +15,9 @@ Two feedback services read the same topics: `steady`, never disturbed, and `vict
   scored once) and the same delta sequence. Fewer learned events than the steady service
   are events lost, more are events applied twice.
 - damaged checkpoint: the same, but before the restart a file of the victim's newest
-  checkpoint gets bytes flipped, or is truncated. The service must skip it, say so (a log
-  line, `loopline_feedback_checkpoints_skipped_total`, /healthz), resume from the one
-  before and replay to the same state.
+  checkpoint gets bytes flipped, or is truncated (or both, to the newest two). The service
+  must skip it, say so (a log line, `loopline_feedback_checkpoints_skipped_total`,
+  /healthz), resume from the newest good one before it and replay to the same state.
 - broker pause: SIGSTOP the broker for `pause_s` under traffic, then SIGCONT. Every
   predict request must be answered (200 within `REQUEST_TIMEOUT_S`) during the pause, and
   afterwards every feedback event sent must be learned once by the steady service or be
@@ -76,6 +76,7 @@ HEAD_ARRAYS = ("z_sparse", "n_sparse", "w_sparse", "z_dense", "n_dense", "w_dens
 KILL = "kill -9 feedback service at a random point, restart"
 FLIPPED = "newest checkpoint: bytes flipped, restart"
 TRUNCATED = "newest checkpoint: a file truncated, restart"
+BOTH = "two newest checkpoints: bytes flipped, a file truncated, restart"
 TRIALS = {KILL: 6, FLIPPED: 2, TRUNCATED: 2}
 QUICK_TRIALS = {KILL: 3, FLIPPED: 1, TRUNCATED: 1}
 PAUSE_S, QUICK_PAUSE_S, PAUSE_TRIALS = 30.0, 10.0, 2
@@ -357,9 +358,10 @@ def kill(service: Feedback) -> None:
 
 
 def crash_trial(stack: Stack, pair: Pair, producer: KafkaProducer, rng: random.Random, seed: int,
-                damage: Damage | None = None) -> Trial:
-    """One burst of traffic; the victim is killed at a random point of it, its newest checkpoint
-    damaged (with `damage`), and started again; then its state is compared with the steady one's."""
+                damages: list[Damage] | None = None) -> Trial:
+    """One burst of traffic; the victim is killed at a random point of it, its newest checkpoints
+    damaged (the newest with `damages[0]`, the one before with `damages[1]`, ...), and started again;
+    then its state is compared with the steady one's."""
     from services.feedback.checkpoint import CheckpointError, read
 
     steady, victim = pair.steady, pair.victim
@@ -368,25 +370,27 @@ def crash_trial(stack: Stack, pair: Pair, producer: KafkaProducer, rng: random.R
     traffic = threading.Thread(target=send_traffic, args=(stack.serving.url, producer, BURST, seed),
                                kwargs={"sent": sent}, name="traffic")
     traffic.start()
-    delay = rng.uniform(*(DAMAGE_KILL_AFTER_S if damage else KILL_AFTER_S))
+    delay = rng.uniform(*(DAMAGE_KILL_AFTER_S if damages else KILL_AFTER_S))
     time.sleep(delay)  # the random point of the fault
     kill(victim)
     killed_at = time.monotonic()
     trial = Trial(True, measured={"killed_after_s": round(delay, 2)})
 
     fallback: int | None = None
-    if damage is not None:
+    damaged: list[str] = []
+    if damages:
         folders = checkpoint_folders(victim)
-        newest, older = folders[-1], folders[-2] if len(folders) > 1 else None
-        offsets = read(newest).state["offsets"]
-        trial.measured["damaged"] = f"{newest.name}: {damage(newest, rng)}"
-        try:
-            read(newest)
-            trial.notes.append(f"the damage to {newest.name} went unnoticed by the verification")
-        except CheckpointError:
-            pass
-        if older is not None:
-            good = read(older)
+        offsets = read(folders[-1]).state["offsets"]
+        for folder, damage in zip(reversed(folders), damages, strict=False):
+            trial.measured.setdefault("damaged", []).append(f"{folder.name}: {damage(folder, rng)}")
+            damaged.append(folder.name)
+            try:
+                read(folder)
+                trial.notes.append(f"the damage to {folder.name} went unnoticed by the verification")
+            except CheckpointError:
+                pass
+        if len(folders) > len(damages):
+            good = read(folders[-1 - len(damages)])
             fallback = good.number
             # Records the older checkpoint had not covered yet: read again after the restart.
             trial.measured["replayed_records"] = sum(offsets[k] - good.state["offsets"].get(k, 0) for k in offsets)
@@ -394,8 +398,8 @@ def crash_trial(stack: Stack, pair: Pair, producer: KafkaProducer, rng: random.R
     log_start = victim.process.log_path.stat().st_size
     victim.start()
     trial.measured["restart_s"] = round(time.monotonic() - killed_at, 2)
-    if damage is not None:
-        trial.notes += damage_reported(victim, log_start, newest.name, fallback)
+    if damages:
+        trial.notes += damage_reported(victim, log_start, damaged, fallback)
 
     traffic.join()
     flush(producer, sent, stack)
@@ -428,22 +432,22 @@ def crash_trial(stack: Stack, pair: Pair, producer: KafkaProducer, rng: random.R
     return trial
 
 
-def damage_reported(service: Feedback, log_start: int, damaged: str, fallback: int | None) -> list[str]:
+def damage_reported(service: Feedback, log_start: int, damaged: list[str], fallback: int | None) -> list[str]:
     """What is missing from the report of a skipped checkpoint: log lines, metric, /healthz."""
     import httpx
 
     problems = []
     text = service.process.log_path.read_bytes()[log_start:].decode(errors="replace")
-    if not re.search(rf"checkpoint {damaged} skipped", text):
-        problems.append("no log line for the skipped checkpoint")
+    problems += [f"no log line for skipped {name}" for name in damaged if f"checkpoint {name} skipped" not in text]
     resumed = re.search(r"resumed from checkpoint (\d+)", text)
     if fallback is not None and (resumed is None or int(resumed.group(1)) != fallback):
         problems.append(f"did not resume from checkpoint {fallback} ({resumed.group(0) if resumed else 'no'})")
-    if metrics(service).get("loopline_feedback_checkpoints_skipped_total") != 1.0:
-        problems.append("loopline_feedback_checkpoints_skipped_total is not 1")
+    if metrics(service).get("loopline_feedback_checkpoints_skipped_total") != len(damaged):
+        problems.append(f"loopline_feedback_checkpoints_skipped_total is not {len(damaged)}")
     health = httpx.get(f"{service.process.url}/healthz", timeout=5).json()
-    if not any(p.startswith(damaged) for p in health.get("checkpoints_skipped", [])):
-        problems.append("/healthz does not name the skipped checkpoint")
+    named = [p.split(":", 1)[0] for p in health.get("checkpoints_skipped", [])]
+    if named != damaged:
+        problems.append(f"/healthz names {named} as skipped, not {damaged}")
     return problems
 
 
@@ -464,14 +468,14 @@ def crash_outcome(fault: str, trials: list[Trial]) -> Outcome:
                    {"trials": [t.measured | {"survived": t.survived, "notes": t.notes} for t in trials]})
 
 
-def crash_trials(stack: Stack, pair: Pair, fault: str, trials: int, seed: int, damage: Damage | None = None,
+def crash_trials(stack: Stack, pair: Pair, fault: str, trials: int, seed: int, damages: list[Damage] | None = None,
                  advance: Callable[[], None] | None = None) -> Outcome:
     rng = random.Random(seed)
     producer = stack.producer()
     results = []
     try:
         for i in range(trials):
-            results.append(crash_trial(stack, pair, producer, rng, seed * 1000 + i, damage))
+            results.append(crash_trial(stack, pair, producer, rng, seed * 1000 + i, damages))
             if advance is not None:
                 advance()
     finally:
@@ -487,9 +491,11 @@ def kill_feedback(stack: Stack, pair: Pair, trials: int, seed: int = 1,
 
 def damaged_checkpoint(stack: Stack, pair: Pair, trials: int, how: str, seed: int | None = None,
                        advance: Callable[[], None] | None = None) -> Outcome:
-    """As `kill_feedback`, with the newest checkpoint damaged before each restart; `how`: flip or truncate."""
-    fault, damage, default_seed = {"flip": (FLIPPED, flip_bytes, 2), "truncate": (TRUNCATED, truncate, 4)}[how]
-    return crash_trials(stack, pair, fault, trials, default_seed if seed is None else seed, damage, advance)
+    """As `kill_feedback`, with checkpoints damaged before each restart. `how`: "flip" or "truncate" the
+    newest; "flip+truncate": flip the newest and truncate the one before (both skipped, the third used)."""
+    fault, damages, default_seed = {"flip": (FLIPPED, [flip_bytes], 2), "truncate": (TRUNCATED, [truncate], 4),
+                                    "flip+truncate": (BOTH, [flip_bytes, truncate], 6)}[how]
+    return crash_trials(stack, pair, fault, trials, default_seed if seed is None else seed, damages, advance)
 
 
 # -- broker pause -----------------------------------------------------------------------------------
