@@ -617,11 +617,15 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def pause_broker(stack: Stack, service: Feedback, pause_s: float, trials: int, seed: int = 3,
+def pause_broker(stack: Stack, pair: Pair, pause_s: float, trials: int, seed: int = 3,
                  advance: Callable[[], None] | None = None) -> Outcome:
+    """`trials` broker pauses under load, watched by the steady service alone: the victim is stopped first,
+    because dead letters do not say which service wrote them, and the two may judge a feedback event
+    differently (one joins it to a prediction that reached the broker late, the other has expired it)."""
+    pair.victim.process.stop()
     results = []
     for i in range(trials):
-        results.append(pause_trial(stack, service, pause_s, seed * 1000 + i))
+        results.append(pause_trial(stack, pair.steady, pause_s, seed * 1000 + i))
         if advance is not None:
             advance()
     m = [t.measured for t in results]
@@ -726,5 +730,5 @@ def run(work: Path, trials: int | None = None, quick: bool = False, progress: Pr
         except Exception:  # a row that could not be measured is left out, never made up
             log.exception("malformed events: not measured")
         n = trials or pause_trials
-        outcomes.append(pause_broker(stack, pair.steady, pause_s, n, advance=advance(pause_row(pause_s), n)))
+        outcomes.append(pause_broker(stack, pair, pause_s, n, advance=advance(pause_row(pause_s), n)))
         return outcomes

@@ -12,7 +12,7 @@
 This module has a broker and `loopline serve` of its own: the suite's broker belongs to
 the hostile-events tests, whose dead-letter counters must match `feedback-dlq` exactly.
 One pair of feedback services (steady, victim) serves every test, in file order; the
-broker pause comes last because it disturbs both services.
+broker pause comes last: it stops the victim and is watched by the steady service alone.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def test_damaged_newest_checkpoints_are_reported_and_the_one_before_them_replaye
 
 def test_with_the_broker_paused_serving_answers_and_every_feedback_is_learned_or_dead_lettered_after(
         bench: ModuleType, stack: Any, pair: Any) -> None:
-    outcome = bench.pause_broker(stack, pair.steady, PAUSE_S, trials=1, seed=13)
+    outcome = bench.pause_broker(stack, pair, PAUSE_S, trials=1, seed=13)
     assert outcome.held, outcome.detail  # no failed request, nothing lost or applied twice
     trial = outcome.measured["trials"][0]
     assert trial["requests_during_pause"] >= 0.5 * PAUSE_S * bench.PAUSE_RATE, trial
