@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/freshness.py --skip-recovery
+	$(BIN)/python bench/reliability.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -25,8 +25,7 @@ SPEC = FeatureSpec(bits=12)
 TinyModel = tuple[Encoder, FTRLProximal, list[str]]
 
 
-@pytest.fixture(scope="session")
-def trained() -> TinyModel:
+def tiny_model() -> TinyModel:
     """A tiny random encoder and a head trained on 600 generated events with its features."""
     events = generate(TrafficConfig(n_events=600, n_users=50, seed=2)).events
     encoder = Encoder.tiny_random(seed=1)
@@ -34,6 +33,12 @@ def trained() -> TinyModel:
     head = train_head(featurize(texts, encoder.encode(texts), SPEC), list(events["label"]), INTENTS,
                       HeadConfig(epochs=2))
     return encoder, head, texts
+
+
+@pytest.fixture(scope="session")
+def trained() -> TinyModel:
+    """`tiny_model()`, once per session."""
+    return tiny_model()
 
 
 def head_copy(head: FTRLProximal) -> FTRLProximal:

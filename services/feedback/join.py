@@ -364,6 +364,9 @@ class Watermark:
     lateness). A partition that has had no record for `idle_s` of wall time stops
     holding the others back: its contribution becomes the wall clock minus `idle_s`,
     so when the traffic stops everything is released `idle_s + lateness_s` later.
+    That clock starts when the partition is assigned, never earlier: a restarted service
+    has not asked for the records after its checkpoint before then, and silence before
+    the first fetch says nothing about them.
     """
 
     def __init__(self, lateness_s: float = 0.25, idle_s: float = 2.0) -> None:
@@ -376,10 +379,11 @@ class Watermark:
         self.max_ts = {p: self.max_ts.get(p, float("-inf")) for p in partitions}
         self._last_seen = {p: self._last_seen.get(p, now) for p in partitions}
 
-    def restore(self, max_ts: dict[tuple[str, int], float], now: float) -> None:
-        """Event time reached before a restart; every partition counts as just seen."""
+    def restore(self, max_ts: dict[tuple[str, int], float]) -> None:
+        """Event time reached before a restart. No partition can go idle before `track` assigns it:
+        until then its records after the checkpoint are unread, however long start-up takes."""
         self.max_ts = dict(max_ts)
-        self._last_seen = dict.fromkeys(max_ts, now)
+        self._last_seen = {}
 
     def observe(self, partition: tuple[str, int], ts: float, now: float) -> None:
         self.max_ts[partition] = max(self.max_ts.get(partition, float("-inf")), ts)
@@ -388,6 +392,6 @@ class Watermark:
     def value(self, now: float) -> float:
         if not self.max_ts:
             return float("-inf")
-        heads = [ts if now - self._last_seen[p] < self.idle_s else max(ts, now - self.idle_s)
-                 for p, ts in self.max_ts.items()]
+        heads = [ts if p not in self._last_seen or now - self._last_seen[p] < self.idle_s
+                 else max(ts, now - self.idle_s) for p, ts in self.max_ts.items()]
         return min(heads) - self.lateness_s

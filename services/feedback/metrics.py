@@ -51,6 +51,9 @@ class FeedbackCollector(Collector):
                                 value=s.learner.base_version)
         yield GaugeMetricFamily("loopline_feedback_checkpoint", "Number of the last checkpoint written",
                                 value=s.checkpoint_number)
+        # Non-zero means the disk damaged state: the service started from an older checkpoint and replayed.
+        yield CounterMetricFamily("loopline_feedback_checkpoints_skipped", "Damaged checkpoints skipped at start "
+                                  "(the newest one that verified was used)", value=len(s.problems))
         pending = GaugeMetricFamily("loopline_feedback_pending", "Join store contents", labels=["kind"])
         pending.add_metric(["predictions"], len(s.store.predictions))
         pending.add_metric(["feedback_waiting"], len(s.store.waiting))
@@ -94,7 +97,8 @@ def serve_metrics(service: FeedbackService, port: int, token: str | None = None,
             elif self.path == "/healthz":
                 learner = service.learner
                 self._json(200, {"status": "ok", "version": f"{learner.base_version}+ftrl.{learner.sequence}",
-                                 "checkpoint": service.checkpoint_number})
+                                 "checkpoint": service.checkpoint_number,
+                                 "checkpoints_skipped": service.problems})
             else:
                 self._json(404, {"detail": "not found: GET /metrics, GET /healthz, POST /promote"})
 

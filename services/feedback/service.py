@@ -173,7 +173,7 @@ class FeedbackService:
         self.learner.progress = Progress.from_json(state["progress"])
         self.store = JoinStore.from_bytes(checkpoint.files[JOIN], self._join_settings())
         self.offsets = {k: int(v) for k, v in state["offsets"].items()}
-        self.watermark.restore({_partition_key(k): float(v) for k, v in state["max_ts"].items()}, time.time())
+        self.watermark.restore({_partition_key(k): float(v) for k, v in state["max_ts"].items()})
         self.checkpoint_number = checkpoint.number
         self.stats = Stats(Counter(state["windows"]), Counter(state["dead_letters"]), Counter(state["records"]),
                            Counter(state.get("registrations", {})))

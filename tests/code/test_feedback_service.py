@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from models.catalog import INTENTS
 from models.traffic import TrafficConfig, generate
@@ -19,6 +20,7 @@ from models.train import featurize
 from services.common.events import FEEDBACK, PREDICTIONS, FeedbackEvent, LoggedFeatures, PredictionEvent
 from services.feedback.intake import Record, dead_letter
 from services.feedback.learner import WindowReport
+from services.feedback.metrics import FeedbackCollector
 from services.feedback.service import FeedbackService
 from services.feedback.settings import FeedbackSettings
 from tests.conftest import SPEC, TinyModel, head_copy
@@ -140,6 +142,32 @@ def test_a_restart_from_a_checkpoint_learns_exactly_what_an_uninterrupted_run_do
         np.testing.assert_array_equal(getattr(resumed.learner.model, name), getattr(steady.learner.model, name))
     assert resumed.learner.progress == steady.learner.progress, "every event scored exactly once"
     assert resumed.stats.windows == steady.stats.windows
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_reported_and_the_one_before_it_resumed(
+        settings, trained, tmp_path) -> None:
+    svc, deltas = service(settings, trained), {}
+    order = arrival(stream(trained, n=300), seed=1)
+    feed(svc, order[:200], deltas)
+    svc.checkpoints.save(svc.checkpoint())
+    feed(svc, order[200:], deltas)
+    newest = svc.checkpoints.save(svc.checkpoint())
+    head = newest / "head.npz"
+    data = bytearray(head.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    head.write_bytes(bytes(data))
+
+    resumed = FeedbackService(settings)
+    assert resumed.checkpoint_number == svc.checkpoint_number - 1
+    assert len(resumed.problems) == 1 and resumed.problems[0].startswith(newest.name)
+    metrics = generate_latest(collector_registry(resumed)).decode()
+    assert "loopline_feedback_checkpoints_skipped_total 1.0" in metrics
+
+
+def collector_registry(svc: FeedbackService) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(FeedbackCollector(svc))
+    return registry
 
 
 def test_every_bad_event_goes_to_the_dead_letters_with_its_reason(settings, trained, tmp_path) -> None:

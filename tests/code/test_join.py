@@ -155,3 +155,16 @@ def test_watermark_waits_for_the_slowest_partition_until_it_goes_idle() -> None:
     assert mark.value(120.0) == 114.0, "traffic stopped: everything is released idle_s + lateness later"
     mark.track([p1], now=120.0)
     assert list(mark.max_ts) == [p1], "a partition no longer assigned is forgotten"
+
+
+def test_after_a_restore_no_partition_goes_idle_before_it_is_assigned_again() -> None:
+    """A restarted service takes seconds to start and join its group; the records after its checkpoint
+    are unread until then, so silence before the assignment must not release anything."""
+    mark = Watermark(lateness_s=1.0, idle_s=5.0)
+    p0, p1 = ("feedback", 0), ("feedback", 1)
+    mark.restore({p0: 100.0, p1: 99.0})
+    assert mark.value(200.0) == 98.0, "held at the checkpoint's event time, however long start-up took"
+    mark.track([p0, p1], now=200.0)
+    mark.observe(p0, 101.0, now=201.0)
+    assert mark.value(204.0) == 98.0, "partition 1's idle clock starts at the assignment"
+    assert mark.value(205.5) == 100.0, "then it stops holding back; partition 0, read lately, still does"

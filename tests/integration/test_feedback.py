@@ -2,30 +2,22 @@
 
 Predictions are requested over HTTP, feedback is produced to Kafka as an application
 would; the feedback service joins, learns, publishes, and serving answers with the
-new version. Then bad events land in the DLQ, and a feedback service killed with
-SIGKILL at random points ends with exactly the head of one that was never killed.
+new version. Then bad events land in the DLQ. A feedback service killed with SIGKILL
+at random points is tests/reliability/test_faults_feedback.py's (bench/reliability_feedback.py).
 """
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import threading
-import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from kafka import KafkaProducer
 
 from infra.broker import FEEDBACK, FEEDBACK_DLQ
-from models.ftrl import FTRLProximal
 from models.traffic import TrafficConfig, generate
 from services.common.events import FeedbackEvent
-from services.feedback.checkpoint import CheckpointStore
-from services.feedback.service import HEAD
 from tests.integration.helpers import read_events, wait_until
 from tests.integration.stack import Serving, feedback_service
 
@@ -75,45 +67,3 @@ def test_feedback_is_learned_and_serving_answers_with_the_update(serving: Servin
                                                                      "unknown-label": "unknown_label"}
     finally:
         service.process.stop()
-
-
-def test_killed_at_random_points_it_ends_with_the_head_of_a_run_never_killed(
-        serving: Serving, tmp_path_factory: pytest.TempPathFactory) -> None:
-    steady = feedback_service(serving, tmp_path_factory.mktemp("steady"), "steady")
-    killed = feedback_service(serving, tmp_path_factory.mktemp("killed"), "killed")
-    steady.start()
-    killed.start()
-    producer = KafkaProducer(bootstrap_servers=serving.settings.kafka_bootstrap_servers, acks="all")
-    sent: list[str] = []
-    flow = threading.Thread(target=lambda: [sent.extend(traffic(serving, 250, seed, producer))
-                                            for seed in range(40, 44)])
-    flow.start()
-    kills, rng = 0, random.Random(7)
-    try:
-        while flow.is_alive() and kills < 3:
-            time.sleep(rng.uniform(1.5, 4.0))
-            os.killpg(killed.process.pgid, signal.SIGKILL)
-            killed.process.stop()
-            kills += 1
-            killed.start()
-        flow.join()
-        total = sum(1 for _ in sent)
-        for service in (steady, killed):
-            assert wait_until(lambda s=service: s.metric("loopline_feedback_examples_total") >= total, 60), \
-                service.process.log_tail()
-        time.sleep(2.5)  # a last checkpoint (every second) after the last window
-    finally:
-        producer.close(5)
-        steady.process.stop()
-        killed.process.stop()
-    assert kills >= 1
-    heads = []
-    for service in (steady, killed):
-        restored = CheckpointStore(service.state / "feedback" / "checkpoints").restore().checkpoint
-        assert restored is not None
-        heads.append(restored)
-    a, b = (FTRLProximal.from_bytes(c.files[HEAD]) for c in heads)
-    for name in ("z_sparse", "n_sparse", "w_sparse", "z_dense", "n_dense", "w_dense"):
-        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
-    assert heads[0].state["progress"] == heads[1].state["progress"], "every event scored exactly once"
-    assert heads[0].state["sequence"] == heads[1].state["sequence"]
