@@ -389,9 +389,13 @@ class Watermark:
         self.max_ts[partition] = max(self.max_ts.get(partition, float("-inf")), ts)
         self._last_seen[partition] = now
 
+    def quiet(self, partition: tuple[str, int], now: float) -> bool:
+        """Whether an assigned partition has had no record for `idle_s`."""
+        seen = self._last_seen.get(partition)
+        return seen is not None and now - seen >= self.idle_s
+
     def value(self, now: float) -> float:
         if not self.max_ts:
             return float("-inf")
-        heads = [ts if p not in self._last_seen or now - self._last_seen[p] < self.idle_s
-                 else max(ts, now - self.idle_s) for p, ts in self.max_ts.items()]
+        heads = [max(ts, now - self.idle_s) if self.quiet(p, now) else ts for p, ts in self.max_ts.items()]
         return min(heads) - self.lateness_s

@@ -41,6 +41,8 @@ class FeedbackCollector(Collector):
         yield windows
         yield letters
         yield records
+        yield CounterMetricFamily("loopline_feedback_partition_pauses", "Feedback partitions paused while far "
+                                  "ahead of their predictions", value=s.pacer.pauses)
         yield CounterMetricFamily("loopline_feedback_examples", "Joined examples scored (progressive)",
                                   value=progress.examples)
         yield GaugeMetricFamily("loopline_feedback_progressive_accuracy", "Accuracy before learning, since start",

@@ -67,6 +67,7 @@ from services.feedback.join import (
 )
 from services.feedback.learner import LearnSettings, OnlineLearner, Progress, WindowReport
 from services.feedback.observer import Observer, UserStat, load_reference
+from services.feedback.pacing import FeedbackPacer
 from services.feedback.registrar import (
     Attempt,
     Carried,
@@ -134,6 +135,7 @@ class FeedbackService:
         self.stats = Stats(Counter(), Counter(), Counter())
         self.offsets: dict[str, int] = {}  # "topic:partition" -> next offset to read
         self.watermark = Watermark(settings.lateness_s, settings.idle_s)
+        self.pacer = FeedbackPacer(settings.max_feedback_ahead_s)
         self.checkpoint_number = 0
         self._letters: list[DeadLetter] = []
         restored = self.checkpoints.restore()
@@ -359,6 +361,7 @@ class FeedbackService:
                     record = _record(message)
                     if record is not None:
                         self.process(record, time.time())
+                self._pace(consumer, time.time())
                 if self.check_champion_now or time.monotonic() >= next_champion_check:
                     next_champion_check = time.monotonic() + self.settings.champion_check_s
                     self.ask_champion()
@@ -638,7 +641,18 @@ class FeedbackService:
                 log.exception("no drift reference for v%d: drift monitoring is off", self.learner.base_version)
         self.observer = Observer(self.settings, reference, self.learner.base_version)
 
+    def _pace(self, consumer: Consumer, now: float) -> None:
+        """Pause feedback partitions far ahead of their predictions, resume them once those caught up
+        (services/feedback/pacing.py). Pausing drops what the client fetched ahead for the partition;
+        it fetches again from the next unread offset on resume, so nothing is skipped."""
+        pause, resume = self.pacer.decide(self.watermark.max_ts, lambda p: self.watermark.quiet(p, now))
+        if pause:
+            consumer.pause([TopicPartition(FEEDBACK, p) for p in pause])
+        if resume:
+            consumer.resume([TopicPartition(FEEDBACK, p) for p in resume])
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.pacer.forget()  # a new assignment starts unpaused
         for tp in partitions:
             tp.offset = self.offsets.get(f"{tp.topic}:{tp.partition}", OFFSET_BEGINNING)
         self.watermark.track([(tp.topic, tp.partition) for tp in partitions], time.time())

@@ -16,6 +16,8 @@ class FeedbackSettings(CommonSettings):
     update_interval_s: float = Field(5.0, ge=0.2, le=3600.0, description="Event-time length of an update window.")
     lateness_s: float = Field(0.25, ge=0.0, description="How far records may arrive out of time order.")
     idle_s: float = Field(2.0, gt=0.0, description="A partition silent this long stops holding back time.")
+    max_feedback_ahead_s: float = Field(5.0, gt=0.0, description="A feedback partition this far ahead (event "
+                                        "time) of its predictions pauses until they catch up.")
     prediction_ttl_s: float = Field(3600.0, gt=0.0, description="How long a prediction waits for feedback.")
     feedback_wait_s: float = Field(60.0, gt=0.0, description="How long feedback waits for its prediction "
                                    "before it goes to feedback-dlq as unmatched.")
