@@ -8,6 +8,10 @@ needs, runs its scenarios with their own trial counts and returns its rows:
 
 - bench/reliability_feedback.py: the feedback service killed with SIGKILL at random
   points, its newest checkpoint damaged on disk, the broker paused under load.
+- bench/reliability_serving.py: serving killed with SIGKILL inside full-version swaps
+  and inside streams of head deltas, a soak with RSS sampled, a label-flip flood.
+- bench/reliability_registry.py: the MLflow server stopped (SIGSTOP) or killed while
+  traffic flows and registrations fall due.
 
 The same scenarios, with fewer trials, are the tests in tests/reliability/, which assert
 that each row held. `--trials N` gives every scenario N trials; `--quick` is a smoke run
@@ -45,10 +49,28 @@ from rich.table import Table
 
 console = Console(width=shutil.get_terminal_size((200, 40)).columns)  # wide tables unwrapped in logs
 
-# (part of the system, its run(work, trials, quick, progress) -> rows); one line per scenario module.
 Run = Callable[[Path, int | None, bool, Progress | None], list[Outcome]]
+
+
+def serving_rows(work: Path, trials: int | None, quick: bool, progress: Progress | None) -> list[Outcome]:
+    import reliability_serving  # imported here: it starts from the tests' stack helpers
+
+    if quick:
+        return reliability_serving.run(trials or 3, soak_s=60.0, floods=1, work=work)
+    return reliability_serving.run(trials or 20, soak_s=600.0, floods=3, work=work)
+
+
+def registry_rows(work: Path, trials: int | None, quick: bool, progress: Progress | None) -> list[Outcome]:
+    import reliability_registry
+
+    return [reliability_registry.mlflow_down(work, trials or (1 if quick else 2), outage_s=10.0 if quick else 30.0)]
+
+
+# (part of the system, its run(work, trials, quick, progress) -> rows); one line per scenario module.
 SCENARIOS: list[tuple[str, Run]] = [
     ("feedback service, checkpoints, broker", reliability_feedback.run),
+    ("serving swaps and deltas, soak, label-flip flood", serving_rows),
+    ("registry outage", registry_rows),
 ]
 
 
