@@ -25,8 +25,9 @@ class ServingSettings(CommonSettings):
     max_batch_texts: int = Field(256, ge=1, description="Most texts in one /v1/predict/batch request.")
     top_k: int = Field(3, ge=1, description="Probabilities returned per prediction.")
     log_capacity: int = Field(10_000, ge=1, description="Prediction log buffer; overflow is dropped and counted.")
-    log_send_timeout_s: float = Field(10.0, gt=0.0, description="A prediction event the broker has not "
-                                      "acknowledged within this is dropped and counted as send_failed.")
+    log_send_timeout_s: float = Field(120.0, gt=0.0, description="A prediction event the broker has not "
+                                      "acknowledged within this is dropped and counted as send_failed; long "
+                                      "enough to ride out a broker restart, with `log_capacity` events held.")
     max_body_bytes: int = Field(1_000_000, ge=1, description="Larger request bodies are refused with 413.")
     champion_check_s: float = Field(30.0, ge=0.0, description="How often to look for a moved `champion` "
                                     "alias besides model-updates notices; 0: only on notices.")
