@@ -737,3 +737,26 @@ def run(work: Path, trials: int | None = None, quick: bool = False, progress: Pr
         n = trials or pause_trials
         outcomes.append(pause_broker(stack, pair, pause_s, n, advance=advance(pause_row(pause_s), n)))
         return outcomes
+
+
+def main() -> None:
+    """Only the broker pause, on a stack of its own: `bench/reliability.py` runs every row."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description="The broker paused under load (the other rows: bench/reliability.py)")
+    parser.add_argument("--pause", type=float, default=PAUSE_S, help="seconds the broker is stopped")
+    parser.add_argument("--trials", type=int, default=PAUSE_TRIALS)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "reliability_pause.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    with (tempfile.TemporaryDirectory(prefix="reliability-pause-") as tmp, running_stack(Path(tmp)) as stack,
+          feedback_pair(stack) as pair):
+        outcome = pause_broker(stack, pair, args.pause, args.trials)
+    args.out.write_text(json.dumps(outcome.as_json(), indent=2) + "\n")
+    print(f"{outcome.fault} | trials {outcome.trials} | survived {outcome.survived} | lost {outcome.events_lost} | "
+          f"twice {outcome.applied_twice} | requests failed {outcome.requests_failed}\n{outcome.detail}")
+
+
+if __name__ == "__main__":
+    main()
