@@ -99,10 +99,14 @@ class Stack:
     feedback_acked: int = 0
 
     def feedback_service(self, name: str) -> Feedback:
-        """A `loopline feedback` of its own (state folder, consumer group), not started."""
+        """A `loopline feedback` of its own (state folder, consumer group), not started. Feedback waits for
+        its prediction as long as by default (not the test suite's 5 s): after a broker pause, predictions
+        buffered in serving's log arrive later than the feedback sent next to them."""
+        from services.feedback.settings import FeedbackSettings
         from tests.integration.stack import feedback_service
 
-        return feedback_service(self.serving, self.work / name, name)
+        wait = FeedbackSettings.model_fields["feedback_wait_s"].default
+        return feedback_service(self.serving, self.work / name, name, feedback_wait_s=f"{wait:g}")
 
     def producer(self) -> KafkaProducer:
         from kafka import KafkaProducer
