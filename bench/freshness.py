@@ -100,6 +100,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from workspace import workspace  # bench/workspace.py
 
 from infra.broker import start_broker
 from infra.mlflow_server import start_mlflow
@@ -1181,16 +1182,6 @@ def progress_bar() -> Progress:
                     TextColumn("{task.fields[status]}"), console=console, refresh_per_second=2)
 
 
-@contextlib.contextmanager
-def workspace(work: Path | None) -> Iterator[Path]:
-    if work is not None:
-        work.mkdir(parents=True, exist_ok=True)
-        yield work.resolve()
-        return
-    with tempfile.TemporaryDirectory(prefix="loopline-bench-freshness-") as tmp:
-        yield Path(tmp)
-
-
 def env_pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.startswith("LOOPLINE_"):
@@ -1253,7 +1244,7 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     profiles: list[dict[str, Any]] = []
-    with workspace(args.work) as work, contextlib.ExitStack() as stack:
+    with workspace(args.work, "freshness") as work, contextlib.ExitStack() as stack:
         shared = prepare(work, ensure_bundle(work / "bundle", args.events, args.seed), args)
         if not args.skip_profile:
             for rate in args.rates:

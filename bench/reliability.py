@@ -28,16 +28,14 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
     os.environ.setdefault(_var, "1")  # the machine's cores are shared by every process started here
 
 import argparse
-import contextlib
 import json
 import logging
 import platform
 import shutil
 import signal
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +44,7 @@ from reliability_outcome import Outcome
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from workspace import workspace
 
 console = Console(width=shutil.get_terminal_size((200, 40)).columns)  # wide tables unwrapped in logs
 
@@ -83,20 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@contextlib.contextmanager
-def workspace(work: Path | None) -> Iterator[Path]:
-    if work is not None:
-        work.mkdir(parents=True, exist_ok=True)
-        yield work.resolve()
-        return
-    with tempfile.TemporaryDirectory(prefix="loopline-bench-reliability-") as tmp:
-        yield Path(tmp)
-
-
 def run_all(args: argparse.Namespace) -> tuple[list[Outcome], list[dict[str, str]]]:
     outcomes: list[Outcome] = []
     failed: list[dict[str, str]] = []
-    with workspace(args.work) as work, Progress(
+    with workspace(args.work, "reliability") as work, Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, refresh_per_second=2) as progress:
         for i, (part, run) in enumerate(SCENARIOS):

@@ -61,7 +61,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,7 @@ from quantize import cpu_name  # bench/quantize.py: bench scripts run as `python
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from workspace import workspace  # bench/workspace.py
 
 from infra.broker import start_broker
 from infra.process import HOST, ManagedProcess, free_port
@@ -539,16 +540,6 @@ def progress_bar() -> Progress:
                     console=console, refresh_per_second=4)  # few redraws: this process is also the client
 
 
-@contextlib.contextmanager
-def workspace(work: Path | None) -> Iterator[Path]:
-    if work is not None:
-        work.mkdir(parents=True, exist_ok=True)
-        yield work.resolve()
-        return
-    with tempfile.TemporaryDirectory(prefix="loopline-bench-serving-") as tmp:
-        yield Path(tmp)
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
@@ -580,7 +571,7 @@ def main() -> None:
         run_naive_server(args.bundle, args.port, args.threads)
         return
     started, load_before = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
-    with workspace(args.work) as work, contextlib.ExitStack() as stack:
+    with workspace(args.work, "serving") as work, contextlib.ExitStack() as stack:
         bundle = ensure_bundle(work / "bundle", args.events, args.seed)
         texts = request_texts(args.texts, args.seed)
         # kafka-python logs every refused connection of the broker's health probe while it boots.
