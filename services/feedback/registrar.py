@@ -185,12 +185,13 @@ class Registrar:
             if pending is not None and time.monotonic() >= retry_at and not self._stop.is_set():
                 number += 1
                 attempt = self.attempt(pending, number)
-                self.results.put(attempt)
                 if attempt.registered is not None:
+                    # Before the loop sees the result: it may hand over the same key again at once.
                     self._own_keys.discard(pending.key)  # from now on a champion like any other
                     pending = None
                 else:
                     retry_at = time.monotonic() + (attempt.retry_in_s or 0.0)
+                self.results.put(attempt)
 
     def attempt(self, snapshot: HeadSnapshot, number: int) -> Attempt:
         """Register `snapshot` once (a replay finds the version an earlier try made, by its key)."""

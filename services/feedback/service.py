@@ -136,6 +136,7 @@ class FeedbackService:
         self.offsets: dict[str, int] = {}  # "topic:partition" -> next offset to read
         self.watermark = Watermark(settings.lateness_s, settings.idle_s)
         self.pacer = FeedbackPacer(settings.max_feedback_ahead_s)
+        self._assigned: set[tuple[str, int]] = set()  # partitions this consumer reads now
         self.checkpoint_number = 0
         self._letters: list[DeadLetter] = []
         restored = self.checkpoints.restore()
@@ -457,6 +458,7 @@ class FeedbackService:
             return
         snapshot = HeadSnapshot.of(self.learner, self.offsets, trigger)
         self.registering = Registering(snapshot, waiters=waiters)
+        self._save_now = True  # a crash after the registry moved `champion` must resume this very snapshot
         self.registrar.register(snapshot)
         log.info("registration of %s handed over (%s)", snapshot.key, trigger)
 
@@ -645,18 +647,23 @@ class FeedbackService:
         """Pause feedback partitions far ahead of their predictions, resume them once those caught up
         (services/feedback/pacing.py). Pausing drops what the client fetched ahead for the partition;
         it fetches again from the next unread offset on resume, so nothing is skipped."""
-        pause, resume = self.pacer.decide(self.watermark.max_ts, lambda p: self.watermark.quiet(p, now))
+        assigned = {p: ts for p, ts in self.watermark.max_ts.items() if p in self._assigned}
+        pause, resume = self.pacer.decide(assigned, lambda p: self.watermark.quiet(p, now))
         if pause:
             consumer.pause([TopicPartition(FEEDBACK, p) for p in pause])
         if resume:
             consumer.resume([TopicPartition(FEEDBACK, p) for p in resume])
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.pacer.forget()  # a new assignment starts unpaused
         for tp in partitions:
             tp.offset = self.offsets.get(f"{tp.topic}:{tp.partition}", OFFSET_BEGINNING)
         self.watermark.track([(tp.topic, tp.partition) for tp in partitions], time.time())
         consumer.assign(partitions)
+        # A pause the application set outlives a reassignment in the client: start every partition
+        # running, as the pacer now believes they are.
+        consumer.resume([tp for tp in partitions if tp.topic == FEEDBACK])
+        self.pacer.forget()
+        self._assigned = {(tp.topic, tp.partition) for tp in partitions}
         log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
 
     def _send(self, producer: Producer, topic: str, key: str, value: bytes) -> None:

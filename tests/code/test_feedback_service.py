@@ -349,3 +349,38 @@ def test_scheduled_registrations_fall_on_the_same_heads_in_a_replay(settings, tr
     run(resumed, rest, points, end=True)
     assert points[:replayed] == steady_points[:replayed] and points == steady_points
     np.testing.assert_array_equal(resumed.learner.model.w_sparse, steady.learner.model.w_sparse)
+
+
+class RecordingConsumer:
+    """Stands in for the Kafka client: records which partitions were assigned, paused, resumed."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[tuple[str, int]]]] = []
+
+    def _log(self, name: str, partitions: list) -> None:
+        self.calls.append((name, sorted((tp.topic, tp.partition) for tp in partitions)))
+
+    def assign(self, partitions: list) -> None:
+        self._log("assign", partitions)
+
+    def pause(self, partitions: list) -> None:
+        self._log("pause", partitions)
+
+    def resume(self, partitions: list) -> None:
+        self._log("resume", partitions)
+
+
+def test_feedback_ahead_is_paused_only_while_assigned_and_a_reassignment_resumes_it(settings, trained) -> None:
+    from confluent_kafka import TopicPartition
+
+    svc, consumer = service(settings, trained), RecordingConsumer()
+    svc.watermark.restore({(PREDICTIONS, 0): 100.0, (FEEDBACK, 0): 200.0})  # a checkpoint taken on a backlog
+    svc._pace(consumer, now=1000.0)
+    assert consumer.calls == [], "nothing is paused before the group assigns it"
+    svc._on_assign(consumer, [TopicPartition(PREDICTIONS, 0), TopicPartition(FEEDBACK, 0)])
+    svc._pace(consumer, now=1000.0)
+    assert consumer.calls[-1] == ("pause", [(FEEDBACK, 0)])
+    svc._on_assign(consumer, [TopicPartition(PREDICTIONS, 0), TopicPartition(FEEDBACK, 0)])
+    assert consumer.calls[-2:] == [("assign", [(FEEDBACK, 0), (PREDICTIONS, 0)]), ("resume", [(FEEDBACK, 0)])], \
+        "the client keeps an application's pause across assignments: it must be lifted"
+    assert svc.pacer.paused == set()
