@@ -18,6 +18,7 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,14 @@ class BaseBundles:
     def __init__(self, registry: Registry, folder: Path) -> None:
         self.registry = registry
         self.folder = folder
+        # The registry worker and the learning loop (a sync delta after a reset) both fetch versions.
+        self._lock = threading.Lock()
 
     def get(self, version: int) -> Path:
+        with self._lock:
+            return self._get(version)
+
+    def _get(self, version: int) -> Path:
         target = self.folder / f"v{version}"
         if target.is_dir():
             try:
