@@ -197,6 +197,9 @@ class Registry:
         file against the manifest, so it is not hashed twice here."""
         target = dest or Path(tempfile.mkdtemp(prefix=f"{self.name}-v{version}-"))
         uri = f"models:/{self.name}/{version}"
+        # `models:/` URIs resolve against the process-wide registry (MLflow ignores a registry_uri given
+        # here), which another Registry in this process may have pointed elsewhere since.
+        mlflow.set_tracking_uri(self.settings.tracking_uri)
         root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
         bundle = _bundle_path(root)
         if bundle is None:
