@@ -259,7 +259,10 @@ def metrics(service: Feedback) -> dict[str, float]:
 
 
 def learned(values: dict[str, float]) -> int:
-    return int(values.get("loopline_feedback_examples_total", 0))
+    """Feedback events joined and judged: learned (or held back), or withheld from a user trust no longer
+    vouches for; either way accounted for, once."""
+    return int(values.get("loopline_feedback_examples_total", 0)
+               + values.get('loopline_feedback_dead_letters_total{reason="untrusted_user"}', 0))
 
 
 def feedback_read(values: dict[str, float]) -> int:

@@ -11,11 +11,12 @@
   with base + deltas 1..K for some K (each answer equal to that head offline: no gap, no
   half-applied delta), and reach the last delta published, each applied once.
 - `soak`: predictions and their feedback at a steady rate through serving and the
-  feedback service; no failed request, no 5xx, no dead letter, no dropped prediction
-  event; the RSS of both process groups is sampled and its growth bounded.
+  feedback service; no failed request, no 5xx, no dead letter (but at most 1% withheld
+  by per-user trust), no dropped prediction event; the RSS of both process groups is sampled and its growth bounded.
 - `label_flip_flood`: a group of users reports wrong intents (`label_flip` traffic);
-  the feedback service's gate must reject updates, and no head that reached serving may
-  be less accurate on clean traffic than the champion by more than `FLOOD_BOUND`.
+  per-user trust must withhold most of the poisoned feedback (`TRUST_CATCHES`) and almost
+  none of the rest (`TRUST_SPARES`), and no head that reached serving may be less
+  accurate on clean traffic than the champion by more than `FLOOD_BOUND`.
 
 The processes are the ones tests/integration/stack.py starts (`loopline serve`, `loopline
 feedback`, the embedded broker, MLflow on a SQLite file) with the tests' tiny random
@@ -60,7 +61,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PROBABILITY_TOLERANCE = 1e-4  # serving's float64 softmax vs the same head offline; a wrong head differs by far more
 READY_TIMEOUT_S = 180.0  # a restart takes about 11 s on a quiet 2-core machine; other tests share the cores
 CATCH_UP_TIMEOUT_S = 120.0
-FLOOD_BOUND = 0.05  # clean accuracy a head may lose to the champion during a flood (as tests/code/test_label_flip.py)
+FLOOD_BOUND = 0.01  # clean accuracy a head may lose to the champion during a flood (as tests/code/test_label_flip.py)
+TRUST_CATCHES = 0.6  # share of the poisoned feedback per-user trust withholds at least...
+TRUST_SPARES = 0.01  # ...while withholding at most this share of all feedback that is not poisoned
 # Log lines of services/serving/updates.py and model_store.py that mark a swap's start and end.
 LOADING = re.compile(r"^(\S+ \S+) INFO services\.serving\.updates: champion is v(\d+) now", re.MULTILINE)
 SERVING = re.compile(r"^(\S+ \S+) INFO services\.serving\.model_store: serving (\d+)(?:\+ftrl\.(\d+))? \(was",
@@ -505,15 +508,19 @@ def soak(serving: Serving, feedback: Feedback, duration_s: float, *, rate: float
     bounded = all(g["second_half_mb"] < growth_bound_mb for g in growth.values())
     if plot is not None:
         plot_rss(series, plot, duration_s, requests, rate)
-    held = bounded and consumed and failed == 0 and not any(errors.values())
+    # Honest feedback per-user trust withheld (an unlucky run of corrections): not an error, but bounded.
+    withheld = after["untrusted"] - before["untrusted"]
+    held = bounded and consumed and failed == 0 and not any(errors.values()) and withheld <= TRUST_SPARES * sent
     detail = "; ".join(f"{name} RSS {g['first_mb']:.0f} -> {g['last_mb']:.0f} MB ({g['growth_mb']:+.1f} MB, "
                        f"{g['growth_pct']:+.1f}%; second half {g['second_half_mb']:+.1f} MB, bound "
                        f"{growth_bound_mb:.0f})" for name, g in growth.items())
     detail = (f"{duration_s / 60:.1f} min, {requests} requests, {sent} feedback events; {detail}; medians of the first "
-              f"and last {window:.0f} s; errors {errors}" + ("" if consumed else "; feedback not all consumed"))
+              f"and last {window:.0f} s; errors {errors}; {withheld:.0f} withheld as untrusted_user"
+              + ("" if consumed else "; feedback not all consumed"))
     return Outcome(f"soak: predict + feedback for {duration_s / 60:.0f} min", 1, int(held), 0 if consumed else 1, 0,
                    failed + errors["serving_5xx"], detail,
                    {"growth": growth, "errors": errors, "requests": requests, "feedback_sent": sent,
+                    "withheld": withheld,
                     "series": {rss.name: {"seconds": rss.seconds, "mb": rss.mb} for rss in series}})
 
 
@@ -525,7 +532,8 @@ def soak_counters(serving: Serving, feedback: Feedback) -> dict[str, float]:
     return {
         "serving_5xx": metric_sum(serving_text, r'loopline_requests_total\{[^}]*status="5\d\d"'),
         "log_dropped": metric_sum(serving_text, r"loopline_prediction_log_dropped\{"),
-        "dead_letters": metric_sum(feedback_text, r"loopline_feedback_dead_letters_total\{"),
+        "dead_letters": metric_sum(feedback_text, r'loopline_feedback_dead_letters_total\{(?!reason="untrusted_user")'),
+        "untrusted": metric_sum(feedback_text, r'loopline_feedback_dead_letters_total\{reason="untrusted_user"'),
         "feedback_records": metric_sum(feedback_text, r'loopline_feedback_records_total\{topic="feedback"\}'),
     }
 
@@ -601,10 +609,11 @@ def published_heads_accuracy(serving: Serving, base: int, texts: Sequence[str], 
 def label_flip_flood(serving: Serving, feedback: Feedback, *, events: int = 2_000, rate: float = 125.0,
                      strength: float = 0.4, onset: float = 0.3, seed: int = 4, bound: float = FLOOD_BOUND
                      ) -> Outcome:
-    """`label_flip` traffic through serving and the feedback service (one trial): the gate must reject updates
-    after the onset, and every head that reached serving must stay within `bound` of the champion's clean
-    accuracy."""
+    """`label_flip` traffic through serving and the feedback service (one trial): per-user trust must withhold
+    most of the poisoned feedback and almost none of the rest, and every head that reached serving must stay
+    within `bound` of the champion's clean accuracy."""
     import httpx
+    import numpy as np
 
     from models.traffic import TrafficConfig, generate
     from services.common.events import FEEDBACK, FeedbackEvent
@@ -619,7 +628,10 @@ def label_flip_flood(serving: Serving, feedback: Feedback, *, events: int = 2_00
     windows_before = flood_windows(feedback)
     chunk, started, onset_index = 20, time.monotonic(), int(onset * events)
     windows_at_onset: dict[str, float] | None = None
-    rows = list(zip(flood["text"], flood["user_id"], flood["label"], strict=True))
+    # Users of their own (serving has no features for them): a verdict on them must not follow the stack's users
+    # into the next scenario, which sends honest feedback as those.
+    flood_users = [f"{user}-flood-{seed}" for user in flood["user_id"]]
+    rows = list(zip(flood["text"], flood_users, flood["label"], strict=True))
     for start in range(0, events, chunk):
         if windows_at_onset is None and start >= onset_index:
             windows_at_onset = flood_windows(feedback)
@@ -648,21 +660,39 @@ def label_flip_flood(serving: Serving, feedback: Feedback, *, events: int = 2_00
     rejected = windows_after["rejected"] - at_onset["rejected"]
     published = windows_after["published"] - at_onset["published"]
     worst = min(heads, default=champion)
-    held = settled and in_serving and rejected > 0 and after >= champion - bound and worst >= champion - bound
-    detail = (f"{events} events, {strength:.0%} of users flip every label from {onset:.0%} on; after the onset the "
-              f"gate rejected {rejected:.0f} windows and published {published:.0f}; clean accuracy champion "
-              f"{champion:.3f}, serving after the flood ({live}) {after:.3f}, worst head serving held {worst:.3f} "
-              f"(bound {bound}); {len(heads)} deltas on v{base}")
+    withheld = untrusted_event_ids(serving, f"flood-{seed}-")
+    poisoned = {f"flood-{seed}-{i}" for i in np.flatnonzero(flood["poisoned"].to_numpy())}
+    poisoned_withheld, clean_withheld = len(withheld & poisoned), len(withheld - poisoned)
+    trusted_well = (poisoned_withheld >= TRUST_CATCHES * len(poisoned)
+                    and clean_withheld <= TRUST_SPARES * (events - len(poisoned)))
+    held = settled and in_serving and after >= champion - bound and worst >= champion - bound and trusted_well
+    detail = (f"{events} events, {strength:.0%} of users flip every label from {onset:.0%} on; trust withheld "
+              f"{poisoned_withheld} of {len(poisoned)} poisoned and {clean_withheld} clean feedback events; after "
+              f"the onset the gate rejected {rejected:.0f} windows and published {published:.0f}; clean accuracy "
+              f"champion {champion:.3f}, serving after the flood ({live}) {after:.3f}, worst head serving held "
+              f"{worst:.3f} (bound {bound}); {len(heads)} deltas on v{base}")
     return Outcome("label-flip flood (poisoned feedback) through serving + feedback", 1, int(held), 0, 0,
                    failed + failed_after, detail,
                    {"champion_accuracy": champion, "after_accuracy": after, "worst_head_accuracy": worst,
-                    "rejected_after_onset": rejected, "published_after_onset": published, "served": live})
+                    "rejected_after_onset": rejected, "published_after_onset": published, "served": live,
+                    "poisoned": len(poisoned), "poisoned_withheld": poisoned_withheld,
+                    "clean_withheld": clean_withheld})
+
+
+def untrusted_event_ids(serving: Serving, prefix: str) -> set[str]:
+    """Event ids of the feedback on feedback-dlq as `untrusted_user` whose id starts with `prefix`."""
+    from reliability_feedback import letter_event_id, read_dead_letters
+
+    ids = (letter_event_id(x) for x in read_dead_letters(serving.settings.kafka_bootstrap_servers or "")
+           if x.reason == "untrusted_user")
+    return {i for i in ids if i is not None and i.startswith(prefix)}
 
 
 def flood_windows(feedback: Feedback) -> dict[str, float]:
     return {"rejected": feedback.metric("loopline_feedback_windows_total", 'decision="rejected"'),
             "published": feedback.metric("loopline_feedback_windows_total", 'decision="published"'),
-            "examples": feedback.metric("loopline_feedback_examples_total")}
+            "examples": feedback.metric("loopline_feedback_examples_total")  # judged: learned or held back...
+            + feedback.metric("loopline_feedback_dead_letters_total", 'reason="untrusted_user"')}  # ...or withheld
 
 
 # -- the bench run -------------------------------------------------------------------------------

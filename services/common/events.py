@@ -113,7 +113,8 @@ class FeedbackEvent(Event):
 
 
 DeadLetterReason = Literal["invalid_json", "wrong_schema", "unknown_label", "duplicate", "unmatched",
-                           "already_labeled", "too_large", "stale_model", "far_future"]
+                           "already_labeled", "too_large", "stale_model", "far_future",
+                           "untrusted_user"]
 
 
 class DeadLetter(Event):

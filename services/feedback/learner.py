@@ -178,6 +178,15 @@ class OnlineLearner:
         return Comparison(len(truth), float(live_right.mean()), float(other_right.mean()),
                           self._worse(other_right, live_right))
 
+    def forget_users(self, users: set[str]) -> int:
+        """Drop these users' examples from the held-back set (their feedback is no longer trusted to judge
+        by); returns how many went."""
+        kept = [j for j in self.holdout if j.prediction.user_id not in users]
+        dropped = len(self.holdout) - len(kept)
+        if dropped:
+            self.holdout = deque(kept, maxlen=self.settings.holdout_size)
+        return dropped
+
     def rebase(self, version: int) -> None:
         """The live head became registry version `version`: later deltas count from there."""
         self.base_version, self.sequence = version, 0

@@ -77,6 +77,7 @@ from services.feedback.registrar import (
     Registrar,
 )
 from services.feedback.settings import FeedbackSettings
+from services.feedback.trust import TrustSettings, UserTrust
 from services.feedback.versions import HEAD_TAG, VersionKeeper
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ HEAD = "head.npz"
 JOIN = "join.npz"
 HOLDOUT = "holdout.npz"
 USERS = "users.json"
+TRUST = "trust.json"
 REGISTERING_HEAD = "registering-head.npz"
 REGISTERING_HOLDOUT = "registering-holdout.npz"
 
@@ -139,6 +141,7 @@ class FeedbackService:
         self._assigned: set[tuple[str, int]] = set()  # partitions this consumer reads now
         self.checkpoint_number = 0
         self._letters: list[DeadLetter] = []
+        self.trust = UserTrust(self._trust_settings())
         restored = self.checkpoints.restore()
         self.problems = restored.problems  # damaged checkpoints skipped, for the operator
         if restored.checkpoint is not None:
@@ -155,6 +158,9 @@ class FeedbackService:
         s = self.settings
         return LearnSettings(holdout_share=s.holdout_share, holdout_size=s.holdout_size,
                              min_holdout=s.min_holdout, gate_margin=s.gate_margin)
+
+    def _trust_settings(self) -> TrustSettings:
+        return TrustSettings(alpha=self.settings.trust_alpha, history=self.settings.trust_history)
 
     def _join_settings(self) -> JoinSettings:
         s = self.settings
@@ -184,6 +190,8 @@ class FeedbackService:
         self.next_registration = state.get("next_registration")
         self.corrections = {u: (int(c), str(i), float(t)) for u, (c, i, t) in
                             json.loads(checkpoint.files[USERS]).items()} if USERS in checkpoint.files else {}
+        if TRUST in checkpoint.files:
+            self.trust = UserTrust.from_bytes(checkpoint.files[TRUST], self._trust_settings())
         self.registering = _registering_from(state, checkpoint.files)
         self.owed = state.get("owed")
         log.info("resumed from checkpoint %d: v%d+ftrl.%d, %d partitions", checkpoint.number,
@@ -201,7 +209,7 @@ class FeedbackService:
         }
         files = {HEAD: self.learner.model.to_bytes(), JOIN: self.store.to_bytes(),
                  HOLDOUT: joined_to_bytes(list(self.learner.holdout)),
-                 USERS: json.dumps(self.corrections, sort_keys=True).encode()}
+                 USERS: json.dumps(self.corrections, sort_keys=True).encode(), TRUST: self.trust.to_bytes()}
         if self.registering is not None:
             state["registering"], extra = _registering_to(self.registering)
             files |= extra
@@ -286,8 +294,11 @@ class FeedbackService:
         return False
 
     def _learnable(self, examples: list[Joined]) -> list[Joined]:
-        """Examples the current head can learn; the others to the dead letters with the reason."""
-        keep = []
+        """Examples the current head can learn from users it trusts; the others to the dead letters with the
+        reason."""
+        keep: list[Joined] = []
+        distrusted: dict[str, str] = {}  # user -> why
+        self.trust.start_window()
         for joined in examples:
             base = base_of(joined.prediction.model_version)
             if base not in self.accepted_bases:
@@ -298,9 +309,22 @@ class FeedbackService:
                 self._dead(rejected_letter(Rejected(
                     joined.feedback, "unknown_label", f"v{self.learner.base_version} has no intent "
                     f"{joined.feedback.label!r}")))
+            elif (user := joined.prediction.user_id) is not None and not (
+                    verdict := self.trust.judge(user, joined.feedback.label != joined.prediction.intent)).trusted:
+                distrusted[user] = verdict.describe(user)
+                self._dead(rejected_letter(Rejected(joined.feedback, "untrusted_user", distrusted[user])))
             else:
                 keep.append(joined)
-        return keep
+        if not distrusted:
+            return keep
+        # What such a user sent earlier in the window goes too: the verdict came late, not the attack.
+        for joined in keep:
+            if (why := distrusted.get(joined.prediction.user_id or "")) is not None:
+                self._dead(rejected_letter(Rejected(joined.feedback, "untrusted_user", why)))
+        dropped = self.learner.forget_users(set(distrusted))
+        log.info("%d users not trusted in this window; %d of their held-back examples dropped", len(distrusted),
+                 dropped)
+        return [j for j in keep if j.prediction.user_id not in distrusted]
 
     def _count_corrections(self, examples: list[Joined]) -> list[UserStat]:
         """Per-user corrections (feedback naming another intent than the one served), changed users only."""

@@ -120,7 +120,9 @@ def consumed(feedback: Feedback, topic: str) -> float:
 
 
 def examples(feedback: Feedback) -> float:
-    return feedback.metric("loopline_feedback_examples_total")
+    """Good feedback accounted for: learned (or held back), or withheld by per-user trust."""
+    return (feedback.metric("loopline_feedback_examples_total")
+            + feedback.metric("loopline_feedback_dead_letters_total", 'reason="untrusted_user"'))
 
 
 def wait_consumed(feedback: Feedback, before: dict[str, float], sent: list[Sent], served: int = 0,

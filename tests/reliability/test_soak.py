@@ -2,7 +2,8 @@
 
 One minute of predictions with user features, each answered prediction followed by its
 feedback: no request may fail, serving may answer no 5xx, the feedback service may
-dead-letter nothing and must consume every feedback event, and the RSS of each process
+dead-letter nothing (per-user trust may withhold at most 1% of this honest feedback)
+and must consume every feedback event, and the RSS of each process
 group may grow by less than 30 MB over the second half. A leak of 1 KB per request (the
 size of one logged prediction event) would add about 0.6 MB per 30 s here, so this
 bound catches only gross leaks; the bench's 10 minutes reports the growth itself.
