@@ -134,6 +134,11 @@ class _Check:
     base_version: int
 
 
+@dataclass(frozen=True)
+class _Abandon:
+    key: str
+
+
 class Registrar:
     """The worker thread; `results` holds what it reports, in the order it happened."""
 
@@ -146,7 +151,7 @@ class Registrar:
         self.retry_max_s = retry_max_s
         self.drift = drift
         self.results: queue.Queue[Attempt | ChampionSeen] = queue.Queue()
-        self._jobs: queue.Queue[HeadSnapshot | _Check | None] = queue.Queue()
+        self._jobs: queue.Queue[HeadSnapshot | _Check | _Abandon | None] = queue.Queue()
         self._own_keys: set[str] = set()  # registrations in hand: as champion, the loop goes on from the snapshot
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -169,6 +174,10 @@ class Registrar:
     def check_champion(self, base_version: int) -> None:
         self._jobs.put(_Check(base_version))
 
+    def abandon(self, snapshot: HeadSnapshot) -> None:
+        """Stop trying to register `snapshot` (a try in flight still reports)."""
+        self._jobs.put(_Abandon(snapshot.key))
+
     def _run(self) -> None:
         pending: HeadSnapshot | None = None
         number, retry_at = 0, 0.0
@@ -182,6 +191,9 @@ class Registrar:
                 pending, number, retry_at = job, 0, 0.0
             elif isinstance(job, _Check):
                 self.results.put(self.champion_seen(job.base_version))
+            elif isinstance(job, _Abandon) and pending is not None and pending.key == job.key:
+                self._own_keys.discard(pending.key)
+                pending = None
             if pending is not None and time.monotonic() >= retry_at and not self._stop.is_set():
                 number += 1
                 attempt = self.attempt(pending, number)

@@ -99,7 +99,7 @@ class Stats:
     windows: Counter[str]  # by decision
     dead_letters: Counter[str]  # by reason
     records: Counter[str]  # by topic
-    # promoted, kept, failed and retried attempts; base changes (rebased, reset, synced)
+    # promoted, kept, failed and retried attempts; base changes (rebased, reset, synced); dropped registrations
     registrations: Counter[str] = field(default_factory=Counter)
 
 
@@ -599,12 +599,26 @@ class FeedbackService:
             self.learner.holdout.extend(j for j in old.holdout if j.feedback.label in head.class_index)
         self.accepted_bases = (self.accepted_bases if same_inputs else set()) | {version}
         self.stats.registrations["reset"] += 1
+        self._drop_registration(version, old.base_version)
         if self.observer is not None and not same_inputs:
             self.observer.new_reference(seen.reference, version)
         log.warning("champion moved from v%d to v%d: learning on from it (%s)", old.base_version, version,
                     "same inputs, held-back examples kept" if same_inputs else
                     "other encoder: feedback on older predictions goes to the dead letters as stale_model")
         self._save_now = True
+
+    def _drop_registration(self, version: int, old_base: int) -> None:
+        """A registration in hand on the old base is moot once another champion is learned on: were it to
+        fail for good (its base deleted), it would hold up every later registration, also across restarts."""
+        dropped, self.registering = self.registering, None
+        if dropped is None:
+            return
+        if self.registrar is not None:
+            self.registrar.abandon(dropped.snapshot)
+        self.stats.registrations["dropped"] += 1
+        log.warning("registration of %s dropped: champion moved to v%d", dropped.snapshot.key, version)
+        _answer(dropped.waiters, {"status": "dropped", "detail": f"champion moved to v{version}; the online head "
+                                  f"{dropped.snapshot.key} on v{old_base} was not registered"})
 
     def _published_on_base(self) -> dict[int, ModelUpdate]:
         """Deltas on the base version already in `model-updates` (what serving may hold), by sequence."""

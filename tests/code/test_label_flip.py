@@ -6,7 +6,7 @@ no typical user would produce; the gate rejects updates that lose on held-back
 feedback. Measured on this stream (200 users, 40% of them flip every label from 30%
 of 3,000 events on; seeded; served intents are the tiny head's answers):
 
-| defence        | poisoned learned | clean withheld | clean accuracy after (0.885 before) | worst head |
+| defence        | poisoned let in  | clean withheld | clean accuracy after (0.885 before) | worst head |
 | -------------- | ---------------- | -------------- | ----------------------------------- | ---------- |
 | gate alone     | 655 of 655       | 0              | 0.861                               | 0.861      |
 | trust + gate   | 200 of 655       | 2              | 0.949                               | 0.885      |

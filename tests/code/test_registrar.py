@@ -243,3 +243,32 @@ def test_carried_deltas_merge_into_one_with_the_same_effect(trained) -> None:
     for i in range(CARRY_LIMIT + 1):
         registering.carry(float(i), deltas[i % len(deltas)])
     assert len(registering.carried) == 1 and registering.carried[0].window_end == CARRY_LIMIT
+
+
+def test_a_champion_moved_by_a_retrain_drops_the_registration_in_hand(settings, trained) -> None:
+    """A registration that can never land (here: every try fails) must not outlive the base it was built on:
+    once the loop learns on from another champion it is dropped, its waiter told, the worker stops trying."""
+    from services.feedback.registrar import ChampionSeen
+
+    keeper, producer = Keeper(failures=10**9), Producer()
+    keeper.gate.set()
+    svc = started(settings, keeper, trained)
+    records = arrival(stream(trained, n=600), seed=4)
+    feed_until(svc, producer, records, lambda s: s.learner.sequence > 0)
+    answer: Future[dict[str, Any]] = Future()
+    svc.promote_request(answer)
+    assert svc.registering is not None
+    retrained = Version(5, ("champion",), {"source": "train"}, None, 0, "")
+    svc._apply_champion(ChampionSeen(svc.learner.base_version, retrained, head=head_copy(trained[1])), producer)
+
+    assert svc.registering is None and svc.learner.base_version == 5
+    assert answer.result(0)["status"] == "dropped" and "moved to v5" in answer.result(0)["detail"]
+    assert svc.stats.registrations["dropped"] == 1
+    time.sleep(0.2)  # the worker takes the abandon job between tries
+    tries = svc.stats.registrations["failed"]
+    svc.apply_registry_results(producer)
+    failed_then = svc.stats.registrations["failed"]
+    time.sleep(0.3)  # retries come every 10-50 ms here: none may follow
+    svc.apply_registry_results(producer)
+    assert svc.stats.registrations["failed"] == failed_then, (tries, failed_then)
+    svc.registrar.stop()  # type: ignore[union-attr]
