@@ -36,6 +36,7 @@ import random
 import re
 import signal
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -57,6 +58,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))  # run alone: tests/integration/stack.py starts the processes as the suite does
 RESULTS = Path(__file__).resolve().parent / "results"
 PROBABILITY_TOLERANCE = 1e-4  # serving's float64 softmax vs the same head offline; a wrong head differs by far more
 READY_TIMEOUT_S = 180.0  # a restart takes about 11 s on a quiet 2-core machine; other tests share the cores

@@ -356,9 +356,11 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     async def readyz(response: Response) -> Readiness:
         broker = "disabled" if not service.log.enabled else ("ok" if service.log.broker_ok else "unreachable")
         features = service.feature_state
-        ready = service.store.current is not None
+        loaded, replayed = service.store.current is not None, service.updates.caught_up
+        ready = loaded and replayed
         response.status_code = 200 if ready else 503
-        return Readiness(ready=ready, model_loaded=ready, broker=broker, feature_store=features)
+        return Readiness(ready=ready, model_loaded=loaded, updates_replayed=replayed, broker=broker,
+                         feature_store=features)
 
     @app.get("/metrics", response_class=PlainTextResponse)  # the spec says text/plain, as it is
     async def metrics() -> Response:

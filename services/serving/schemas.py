@@ -67,5 +67,7 @@ class RollbackRequest(Strict):
 class Readiness(BaseModel):
     ready: bool
     model_loaded: bool
+    updates_replayed: bool = Field(description="model-updates read to its end since start (or 30 s passed): "
+                                   "before that a restarted replica would answer without the latest deltas")
     broker: str = Field(description="ok, unreachable, or disabled")
     feature_store: str = Field(description="ok, loading, unreachable, or disabled (no store in the state folder)")

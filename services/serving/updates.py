@@ -30,6 +30,7 @@ from services.serving.model_store import LoadError, ModelStore
 
 log = logging.getLogger(__name__)
 
+REPLAY_WAIT_S = 30.0  # a broker that cannot be read at start does not keep a replica unready longer than this
 OUTCOMES = ("applied", "stale", "other_version", "gap", "other_model", "invalid", "refused", "loaded",
             "registry_unreachable")
 
@@ -50,12 +51,23 @@ class UpdateFollower:
         self.outcomes: Counter[str] = Counter(dict.fromkeys(OUTCOMES, 0))
         self.last_champion: int | None = None
         self._refused: int | None = None  # a champion that failed to load is not fetched again by itself
+        self.replayed = threading.Event()  # every update on the topic at start has been handled
+        self._started = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def caught_up(self) -> bool:
+        """Whether the served model is the one the topic says (so far as one can wait for it): a replica that
+        answered before its replay ended would answer with the plain champion, not the live head."""
+        return self.replayed.is_set() or time.monotonic() - self._started > REPLAY_WAIT_S
 
     def start(self, serving_champion: int | None) -> None:
         """Start following; `serving_champion` is the alias value the served model was loaded from."""
         self.last_champion = serving_champion
+        self._started = time.monotonic()
+        if self.bootstrap_servers is None:
+            self.replayed.set()  # nothing to replay
         if self.bootstrap_servers is None and (self.champion is None or self.alias_check_s <= 0):
             return
         self._thread = threading.Thread(target=self._run, name="model-updates", daemon=True)
@@ -135,6 +147,12 @@ class UpdateFollower:
                     continue
                 message = consumer.poll(0.5)
                 if message is None:
+                    # Half a second without a record, fetches answered within 50 ms: the topic is read to its
+                    # end (the embedded broker's high watermark is not reliable enough to compare against).
+                    if not self.replayed.is_set():
+                        log.info("model-updates replayed (%d events): serving %s", sum(self.outcomes.values()),
+                                 self.store.current.version if self.store.current else "nothing")
+                        self.replayed.set()
                     continue
                 if message.error():
                     log.warning("model-updates: %s", message.error())

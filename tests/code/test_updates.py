@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +114,55 @@ def test_a_registry_that_fails_mid_load_is_retried_later_not_refused(store) -> N
     assert follower.check_alias() == "registry_unreachable"
     follower.load = registry.load
     assert follower.check_alias() == "loaded" and follower.last_champion == 8
+
+
+class Topic:
+    """A consumer over a fixed list of `model-updates` values, then nothing."""
+
+    class Message:
+        def __init__(self, value: bytes, offset: int) -> None:
+            self._value, self._offset = value, offset
+
+        def value(self) -> bytes:
+            return self._value
+
+        def error(self) -> None:
+            return None
+
+        def offset(self) -> int:
+            return self._offset
+
+    def __init__(self, values: list[bytes], follower: UpdateFollower) -> None:
+        self.values, self.follower, self.read = values, follower, 0
+        self.replayed_early = False
+
+    def poll(self, timeout: float) -> Message | None:
+        self.replayed_early |= self.follower.replayed.is_set() and self.read < len(self.values)
+        if self.read < len(self.values):
+            self.read += 1
+            return self.Message(self.values[self.read - 1], self.read - 1)
+        time.sleep(0.01)
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_replica_is_caught_up_only_once_the_topic_is_read_to_its_end(store, trained, tmp_path) -> None:
+    follower = UpdateFollower(store, "m", "127.0.0.1:1", champion=None, load=lambda v: None)
+    topic = Topic(deltas(trained, tmp_path, base=4, n=3), follower)
+    follower._consumer = lambda: topic  # type: ignore[method-assign]
+    assert not follower.caught_up
+    follower.start(serving_champion=4)
+    try:
+        assert follower.replayed.wait(10)
+        assert follower.caught_up and not topic.replayed_early
+        assert store.current.version == "4+ftrl.3", "ready means the replayed deltas are in"
+    finally:
+        follower.stop()
+
+
+def test_without_a_broker_there_is_nothing_to_replay(store) -> None:
+    follower = UpdateFollower(store, "m", None, champion=None, load=lambda v: None)
+    follower.start(serving_champion=4)
+    assert follower.caught_up
