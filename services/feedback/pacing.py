@@ -11,11 +11,15 @@ partition's gives the fetches to the predictions until they catch up.
 
 Feedback always comes after its prediction, so only feedback ahead is held back. A
 prediction partition that has gone quiet (nothing for `idle_s`) has nothing left to
-catch up with, and does not hold its feedback back.
+catch up with, and does not hold its feedback back. Feedback time counts at most up to
+the clock: one record stamped ahead (within `LOOPLINE_MAX_CLOCK_SKEW_S`) would otherwise
+hold its partition paused until the predictions reached that time, a minute of no
+learning on a live stream for each such record a producer sends.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -30,9 +34,10 @@ class FeedbackPacer:
     paused: set[int] = field(default_factory=set)  # feedback partitions held back now
     pauses: int = 0  # how often a partition was held back, for /metrics
 
-    def decide(self, event_time: Mapping[Partition, float], quiet: Callable[[Partition], bool]
-               ) -> tuple[list[int], list[int]]:
-        """(feedback partitions to pause, to resume), from the newest record time read per partition.
+    def decide(self, event_time: Mapping[Partition, float], quiet: Callable[[Partition], bool],
+               now: float = math.inf) -> tuple[list[int], list[int]]:
+        """(feedback partitions to pause, to resume), from the newest record time read per partition and
+        the clock `now`.
 
         A paused partition resumes once its predictions are within half the bound (not at the
         bound itself, so it does not flap on every batch) or have gone quiet.
@@ -42,7 +47,7 @@ class FeedbackPacer:
             if topic != FEEDBACK:
                 continue
             predictions = (PREDICTIONS, partition)
-            ahead = feedback_ts - event_time.get(predictions, float("-inf"))
+            ahead = min(feedback_ts, now) - event_time.get(predictions, float("-inf"))
             held = partition in self.paused
             bound = self.max_ahead_s / 2 if held else self.max_ahead_s
             hold = ahead > bound and predictions in event_time and not quiet(predictions)

@@ -686,7 +686,7 @@ class FeedbackService:
         (services/feedback/pacing.py). Pausing drops what the client fetched ahead for the partition;
         it fetches again from the next unread offset on resume, so nothing is skipped."""
         assigned = {p: ts for p, ts in self.watermark.max_ts.items() if p in self._assigned}
-        pause, resume = self.pacer.decide(assigned, lambda p: self.watermark.quiet(p, now))
+        pause, resume = self.pacer.decide(assigned, lambda p: self.watermark.quiet(p, now), now)
         if pause:
             consumer.pause([TopicPartition(FEEDBACK, p) for p in pause])
         if resume:

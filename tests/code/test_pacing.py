@@ -46,3 +46,14 @@ def test_after_a_new_assignment_nothing_counts_as_paused() -> None:
     pacer.decide({(PREDICTIONS, 0): 0.0, (FEEDBACK, 0): 10.0}, never_quiet)
     pacer.forget()
     assert pacer.paused == set()
+
+
+def test_feedback_stamped_ahead_of_the_clock_does_not_hold_a_live_partition() -> None:
+    """Live traffic (predictions read up to the clock) and one feedback record stamped 50 s ahead: without
+    the clock bound the partition would stay paused until predictions reached that time."""
+    pacer, now = FeedbackPacer(max_ahead_s=5.0), 1_000.0
+    times = {(PREDICTIONS, 0): now - 0.2, (FEEDBACK, 0): now + 50.0}
+    assert pacer.decide(times, never_quiet, now) == ([], [])
+    behind = {(PREDICTIONS, 0): now - 30.0, (FEEDBACK, 0): now + 50.0}
+    assert pacer.decide(behind, never_quiet, now) == ([0], []), "a backlog is still paced"
+    assert pacer.decide({(PREDICTIONS, 0): now - 2.0, (FEEDBACK, 0): now + 50.0}, never_quiet, now) == ([], [0])
