@@ -14,6 +14,7 @@ pushes rewrite the same absolute stats), which is harmless for monitoring.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -72,6 +73,7 @@ class Observer:
         self._queue: queue.Queue[_Window | _NewReference | None] = queue.Queue(maxsize=64)
         self._last_alert = -float("inf")
         self._store: Any = None
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="feedback-observer", daemon=True)
         self._thread.start()
 
@@ -85,7 +87,11 @@ class Observer:
         self._queue.put(_NewReference(reference, version))
 
     def close(self, timeout: float = 30.0) -> None:
-        self._queue.put(None)
+        """Stop after the window in hand. Windows still queued give their user stats (the newest per user,
+        in one push) but are not observed for drift: a stopping service must not wait for monitoring."""
+        self._closing.set()
+        with contextlib.suppress(queue.Full):  # full: the worker drained it on seeing `_closing` and is gone
+            self._queue.put(None, timeout=timeout)
         self._thread.join(timeout)
 
     def _make_monitor(self, reference: Reference | None) -> DriftMonitor | None:
@@ -96,6 +102,9 @@ class Observer:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
+            if self._closing.is_set():
+                self._push_left(item)
+                return
             try:
                 if isinstance(item, _NewReference):
                     self.version, self._monitor = item.version, self._make_monitor(item.reference)
@@ -107,6 +116,27 @@ class Observer:
             except Exception:  # monitoring must never take learning down with it
                 log.exception("observer: a window was not fully observed")
                 self.outcomes["failed"] += 1
+
+    def _push_left(self, item: _Window | _NewReference) -> None:
+        newest: dict[str, UserStat] = {}
+        skipped = 0
+        while True:
+            if isinstance(item, _Window):
+                newest |= {s.user_id: s for s in item.stats}
+                skipped += bool(item.examples)
+            try:
+                next_item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if next_item is None:
+                break
+            item = next_item
+        log.info("observer closing: %d queued windows not observed for drift", skipped)
+        if newest:
+            try:
+                self._push(list(newest.values()))
+            except Exception:
+                log.exception("observer: user stats not pushed while closing")
 
     # -- drift ---------------------------------------------------------------------------------
 

@@ -397,11 +397,15 @@ class FeedbackService:
                 if due and self._save(producer, consumer):
                     last_checkpoint, self._save_now = time.monotonic(), False
         finally:
+            phases: dict[str, float] = {}
+            began = time.monotonic()
             if self.registrar is not None:
                 self.registrar.stop(timeout=1.0)  # a registration in hand is checkpointed: the next start resumes it
             self._send_letters(producer)
             self._save(producer, consumer)
+            phases["checkpoint"] = time.monotonic() - began
             consumer.close()
+            phases["consumer"] = time.monotonic() - began - phases["checkpoint"]
             stopped = {"status": "stopped", "detail": "the service is stopping; the registration resumes at its "
                        "next start"}
             for waiter in [*(self.registering.waiters if self.registering else []), *self._owed_waiters]:
@@ -411,6 +415,9 @@ class FeedbackService:
                 self._promotions.get().set_result({"status": "stopped", "detail": "the service is stopping"})
             if self.observer is not None:
                 self.observer.close()
+            phases["observer"] = time.monotonic() - began - phases["checkpoint"] - phases["consumer"]
+            log.info("stopped in %.1f s (%s)", time.monotonic() - began,
+                     ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()))
 
     def advance(self, producer: Producer, now: float, flush: bool = False) -> None:
         """One pass after consuming: apply what the registry worker reported, learn and publish the windows
