@@ -65,7 +65,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PROBABILITY_TOLERANCE = 1e-4  # serving's float64 softmax vs the same head offline; a wrong head differs by far more
 READY_TIMEOUT_S = 180.0  # a restart takes about 11 s on a quiet 2-core machine; other tests share the cores
 CATCH_UP_TIMEOUT_S = 120.0
-FLOOD_BOUND = 0.01  # clean accuracy a head may lose to the champion during a flood (as tests/code/test_label_flip.py)
+FLOOD_BOUND = 0.02  # clean accuracy a head may lose to the champion during a flood: about the noise of 600 texts
 TRUST_CATCHES = 0.6  # share of the poisoned feedback per-user trust withholds at least...
 TRUST_SPARES = 0.01  # ...while withholding at most this share of all feedback that is not poisoned
 # Log lines of services/serving/updates.py and model_store.py that mark a swap's start and end.
@@ -664,6 +664,7 @@ def label_flip_flood(serving: Serving, feedback: Feedback, *, events: int = 2_00
     rejected = windows_after["rejected"] - at_onset["rejected"]
     published = windows_after["published"] - at_onset["published"]
     worst = min(heads, default=champion)
+    worst_after_onset = min(heads[len(heads) - int(published):], default=champion)
     withheld = untrusted_event_ids(serving, f"flood-{seed}-")
     poisoned = {f"flood-{seed}-{i}" for i in np.flatnonzero(flood["poisoned"].to_numpy())}
     poisoned_withheld, clean_withheld = len(withheld & poisoned), len(withheld - poisoned)
@@ -674,10 +675,11 @@ def label_flip_flood(serving: Serving, feedback: Feedback, *, events: int = 2_00
               f"{poisoned_withheld} of {len(poisoned)} poisoned and {clean_withheld} clean feedback events; after "
               f"the onset the gate rejected {rejected:.0f} windows and published {published:.0f}; clean accuracy "
               f"champion {champion:.3f}, serving after the flood ({live}) {after:.3f}, worst head serving held "
-              f"{worst:.3f} (bound {bound}); {len(heads)} deltas on v{base}")
+              f"{worst:.3f}, after the onset {worst_after_onset:.3f} (bound {bound}); {len(heads)} deltas on v{base}")
     return Outcome("label-flip flood (poisoned feedback) through serving + feedback", 1, int(held), 0, 0,
                    failed + failed_after, detail,
                    {"champion_accuracy": champion, "after_accuracy": after, "worst_head_accuracy": worst,
+                    "worst_head_after_onset": worst_after_onset,
                     "rejected_after_onset": rejected, "published_after_onset": published, "served": live,
                     "poisoned": len(poisoned), "poisoned_withheld": poisoned_withheld,
                     "clean_withheld": clean_withheld})
