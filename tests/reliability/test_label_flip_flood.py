@@ -6,9 +6,9 @@ topic). Per-user trust must withhold at least 60% of the poisoned feedback (read
 from feedback-dlq as `untrusted_user`) and at most 1% of the rest, and no head that
 reached serving (the champion plus every delta on `model-updates`, rebuilt offline) may
 be less accurate on clean traffic than the champion by more than 0.02 (about the noise
-of 600 clean texts); serving's own
-answers on clean traffic after the flood are held to it too. Without trust the gate
-alone lets heads lose up to 0.05 (tests/code/test_label_flip.py).
+of 600 clean texts); serving's own answers on clean traffic after the flood are held to
+it too. Without trust the gate alone lets heads lose up to 0.05
+(tests/code/test_label_flip.py).
 """
 
 from __future__ import annotations
