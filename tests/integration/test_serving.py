@@ -41,7 +41,8 @@ def test_champion_answers_and_the_prediction_is_logged_with_its_features(serving
     current = httpx.get(f"{serving.url}/v1/models/current").json()
     assert current["version"] == "1" and current["base_version"] == 1 and current["online_sequence"] == 0
     ready = httpx.get(f"{serving.url}/readyz").json()
-    assert ready == {"ready": True, "model_loaded": True, "broker": "ok", "feature_store": "ok"}
+    assert ready == {"ready": True, "model_loaded": True, "updates_replayed": True, "broker": "ok",
+                     "feature_store": "ok"}
 
     user = str(serving.users["user_id"].iloc[0])
     text = "turn the wifi back on please"
