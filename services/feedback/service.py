@@ -310,7 +310,8 @@ class FeedbackService:
                     joined.feedback, "unknown_label", f"v{self.learner.base_version} has no intent "
                     f"{joined.feedback.label!r}")))
             elif (user := joined.prediction.user_id) is not None and not (
-                    verdict := self.trust.judge(user, joined.feedback.label != joined.prediction.intent)).trusted:
+                    verdict := self.trust.judge(user, joined.feedback.label != joined.prediction.intent,
+                                                joined.prediction.confidence)).trusted:
                 distrusted[user] = verdict.describe(user)
                 self._dead(rejected_letter(Rejected(joined.feedback, "untrusted_user", distrusted[user])))
             else:

@@ -34,9 +34,9 @@ class FeedbackSettings(CommonSettings):
     holdout_size: int = Field(2_000, ge=10, description="Recent held-back examples the gate uses.")
     min_holdout: int = Field(50, ge=1, description="No update is published before this many are held back.")
     gate_margin: float = Field(0.0, ge=0.0, le=1.0, description="Held-back accuracy an update may lose.")
-    trust_alpha: float = Field(1e-3, ge=0.0, lt=1.0, description="Feedback from a user whose recent "
-                               "disagreements with the served intent are this unlikely for a typical user goes "
-                               "to the DLQ as untrusted_user and is not learned; 0: trust every user.")
+    trust_alpha: float = Field(3e-3, ge=0.0, lt=1.0, description="Feedback from a user whose recent "
+                               "disagreements with the served intent are this unlikely, given how sure the model "
+                               "was, goes to the DLQ as untrusted_user and is not learned; 0: trust every user.")
     trust_history: int = Field(20, ge=1, le=64, description="Feedback events per user the trust verdict reads.")
     checkpoint_interval_s: float = Field(10.0, gt=0.0, description="Wall time between checkpoints.")
     checkpoints_kept: int = Field(3, ge=2)

@@ -1,41 +1,48 @@
-"""Per-user trust: feedback from a user who disagrees with the model far more than users do is not learned.
+"""Per-user trust: feedback from a user who disagrees with the model where it was sure is not learned.
 
 A label-flip attack is a group of users reporting wrong intents on purpose. Each of
 their events is valid, and the gate cannot see them well: the held-back examples it
 judges by come from the same users. What gives them away is their record. For every
-user the last `history` feedback events are remembered as agreed / disagreed (the
-label against the intent serving answered). A user is *distrusted* while some recent
-run of their record (the last 1, 2, ... `history` events) holds more disagreements
-than a typical user would produce with probability `alpha`: a one-sided binomial tail
-at the population's disagreement rate, which is the median of the per-user rates
-(robust while attackers are fewer than half of the active users; floored, so a near-
-perfect model does not make every correction suspect). Under real drift every user
-disagrees more, the median rises with them, and nobody is singled out.
+user the last `history` feedback events are remembered: whether the label disagreed
+with the intent serving answered, and how likely a disagreement was, by the model's own
+account (1 - its confidence in that answer). Honest users disagree mostly where the
+model was unsure; an attacker disagrees where it was sure.
+
+A user is *distrusted* while some recent run of their record (the last 1, 2, ...
+`history` events) holds more disagreements than that run's expected count makes
+likely: a Poisson tail below `alpha`, at the expected count scaled by the population's
+calibration (the median over users of disagreements / expected disagreements, so a
+model that is over- or under-confident overall does not make everyone suspect or
+no one; robust while attackers are fewer than half of the active users). A user the
+model serves badly has less confident answers and so a higher expected count: their
+corrections are not mistaken for an attack, as they were when every user was held to
+one population rate.
 
 Decisions are taken in the order examples are released, from state that is part of
 the checkpoint, so a replay decides the same. A user's first few flipped labels look
-like ordinary corrections and are learned (the p-value of a run of k disagreements is
-rate**k); from then on their feedback is withheld, and their earlier held-back
-examples leave the set the gate judges by.
+like ordinary corrections and are learned; from then on their feedback is withheld,
+and their earlier held-back examples leave the set the gate judges by.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import statistics
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binom
+from scipy.special import pdtrc
 
-RATE_FLOOR = 0.05  # below this a population rate would make two corrections in a row look like an attack
-MIN_RECORD = 5  # users with a shorter record do not vote on the population rate
-MIN_VOTERS = 10  # fewer voters: the population rate is not known yet, nobody is distrusted
+MIN_EXPECTED = 0.02  # per event: a model sure to 0.999 still makes mistakes a user may honestly correct
+CALIBRATION_FLOOR = 0.25  # a population that disagrees far less than the model expects does not make all suspect
+MIN_RECORD = 5  # users with a shorter record do not vote on the calibration
+MIN_VOTERS = 10  # fewer voters: the calibration is not known yet, nobody is distrusted
 
 
 @dataclass(frozen=True)
 class TrustSettings:
-    alpha: float = 1e-3  # 0: trust everyone
+    alpha: float = 3e-3  # 0: trust everyone
     history: int = 20
     max_users: int = 500_000
 
@@ -45,61 +52,72 @@ class Verdict:
     trusted: bool
     disagreed: int  # in the run that decided
     run: int
+    expected: float  # disagreements expected in that run
     p_value: float
-    rate: float  # the population rate judged against
 
     def describe(self, user: str) -> str:
         return (f"user {user} disagreed with the served intent on {self.disagreed} of their last {self.run} "
-                f"feedback events; users disagree at {self.rate:.3f} (p={self.p_value:.1e})")
+                f"feedback events where {self.expected:.2f} were expected (p={self.p_value:.1e})")
+
+
+@dataclass
+class _Record:
+    bits: int = 0  # disagreements, newest lowest
+    expected: bytes = b""  # per event, newest first: round(255 * P(disagree))
+    n: int = 0
 
 
 class UserTrust:
-    """Each user's recent agreement record (a bit per feedback event, newest lowest) and the verdict on it."""
+    """Each user's recent record and the verdict on it."""
 
     def __init__(self, settings: TrustSettings | None = None) -> None:
         self.settings = settings or TrustSettings()
-        self.records: dict[str, tuple[int, int]] = {}  # user -> (disagreement bits, length); oldest first
-        self._tail: np.ndarray | None = None  # P(at least k of n disagree) at `rate`, [n, k]
-        self.rate = RATE_FLOOR
+        self.records: dict[str, _Record] = {}  # the dict's order is least recently seen first
+        self.calibration: float | None = None  # None: not enough voters yet
 
     def start_window(self) -> None:
-        """Fix the population rate for the window about to be judged (so its order inside does not matter)."""
-        rates = [bits.bit_count() / n for bits, n in self.records.values() if n >= MIN_RECORD]
-        if len(rates) < MIN_VOTERS:
-            self._tail = None
-            return
-        self.rate = max(RATE_FLOOR, statistics.median(rates))
-        n = np.arange(self.settings.history + 1)[:, None]
-        k = np.arange(self.settings.history + 1)[None, :]
-        self._tail = binom.sf(k - 1, n, self.rate)  # sf(k - 1) = P(X >= k)
+        """Fix the calibration for the window about to be judged (so its order inside does not matter)."""
+        ratios = [r.bits.bit_count() / _expected(r.expected) for r in self.records.values() if r.n >= MIN_RECORD]
+        self.calibration = (max(CALIBRATION_FLOOR, statistics.median(ratios))
+                            if len(ratios) >= MIN_VOTERS else None)
 
-    def judge(self, user: str, disagreed: bool) -> Verdict:
-        """Add one feedback event to the user's record and say whether their feedback is learned now."""
-        bits, n = self.records.pop(user, (0, 0))  # re-inserted last: the dict's order is least recently seen
-        bits = ((bits << 1) | int(disagreed)) & ((1 << self.settings.history) - 1)
-        n = min(n + 1, self.settings.history)
-        self.records[user] = (bits, n)
+    def judge(self, user: str, disagreed: bool, confidence: float) -> Verdict:
+        """Add one feedback event (on an answer given with `confidence`) to the user's record and say
+        whether their feedback is learned now."""
+        record = self.records.pop(user, None) or _Record()
+        self.records[user] = record
         if len(self.records) > self.settings.max_users:
             del self.records[next(iter(self.records))]
-        if self._tail is None or self.settings.alpha <= 0 or bits == 0:
-            return Verdict(True, 0, n, 1.0, self.rate)
-        worst = Verdict(True, 0, 0, 1.0, self.rate)
-        count = 0
-        for length in range(1, n + 1):  # every recent run: an attack that starts late is a short run
-            count += (bits >> (length - 1)) & 1
-            p = float(self._tail[length, count])
-            if p < worst.p_value:
-                worst = Verdict(p >= self.settings.alpha, count, length, p, self.rate)
-        return worst
+        history = self.settings.history
+        record.bits = ((record.bits << 1) | int(disagreed)) & ((1 << history) - 1)
+        chance = min(max(1.0 - confidence, MIN_EXPECTED), 1.0)
+        record.expected = (bytes([round(255 * chance)]) + record.expected)[:history]
+        record.n = min(record.n + 1, history)
+        if self.calibration is None or self.settings.alpha <= 0 or record.bits == 0:
+            return Verdict(True, 0, record.n, 0.0, 1.0)
+        # Every recent run: an attack that starts late is a short run.
+        counts = np.cumsum([(record.bits >> i) & 1 for i in range(record.n)])
+        expected = np.cumsum(np.frombuffer(record.expected, dtype=np.uint8)) / 255 * self.calibration
+        p = pdtrc(np.maximum(counts - 1, 0), expected)  # P(at least `counts` disagreements) at that expectation
+        p[counts == 0] = 1.0
+        worst = int(np.argmin(p))
+        return Verdict(bool(p[worst] >= self.settings.alpha), int(counts[worst]), worst + 1,
+                       float(expected[worst]), float(p[worst]))
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"rate": self.rate, "records": [[u, b, n] for u, (b, n) in self.records.items()]}
-                          ).encode()
+        return json.dumps({"calibration": self.calibration, "records": [
+            [u, r.bits, base64.b64encode(r.expected).decode(), r.n] for u, r in self.records.items()]}).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, settings: TrustSettings | None = None) -> UserTrust:
         state = json.loads(data)
         trust = cls(settings)
-        trust.rate = float(state["rate"])
-        trust.records = {str(u): (int(b), int(n)) for u, b, n in state["records"]}
+        if "calibration" not in state:  # the first format (no expected counts): records build up again
+            return trust
+        trust.calibration = state["calibration"]
+        trust.records = {str(u): _Record(int(b), base64.b64decode(e), int(n)) for u, b, e, n in state["records"]}
         return trust
+
+
+def _expected(chances: bytes) -> float:
+    return max(sum(chances) / 255, MIN_EXPECTED)

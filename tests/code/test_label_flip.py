@@ -1,22 +1,24 @@
 """`label_flip`: part of the users report a wrong intent, consistently.
 
 Two defences, tested apart and together. Per-user trust (services/feedback/trust.py)
-withholds the feedback of users whose recent disagreements with the served intent
-no typical user would produce; the gate rejects updates that lose on held-back
-feedback. Measured on this stream (200 users, 40% of them flip every label from 30%
-of 3,000 events on; seeded; served intents are the tiny head's answers):
+withholds the feedback of users who disagree with the served intent where the model
+was sure, more than the model's own confidence makes likely; the gate rejects updates
+that lose on held-back feedback. Measured on this stream (200 users, 40% of them flip
+every label from 30% of 3,000 events on; seeded; served intents and probabilities are
+the tiny head's):
 
-| defence        | poisoned let in  | clean withheld | clean accuracy after (0.885 before) | worst head |
-| -------------- | ---------------- | -------------- | ----------------------------------- | ---------- |
-| gate alone     | 655 of 655       | 0              | 0.861                               | 0.861      |
-| trust + gate   | 200 of 655       | 2              | 0.949                               | 0.885      |
+| defence                      | poisoned let in | honest withheld | clean accuracy after | worst head |
+| ---------------------------- | --------------- | --------------- | -------------------- | ---------- |
+| gate alone                   | 655 of 655      | 0               | 0.861                | 0.861      |
+| trust (by confidence) + gate | 251 of 655      | 0               | 0.948                | 0.885      |
+| trust (one population rate)  | 200 of 655      | 2               | 0.949                | 0.885      |
 
-A user's first flipped labels look like ordinary corrections (the chance of k
-disagreements in a row is the population rate to the k), so some poisoned examples
-are learned before the verdict; the clean corrections learned next to them outweigh
-them. On stable traffic trust withholds 9 of 3,000 clean events, under
-`new_phrasing` drift 38: every user disagrees more, and the population rate rises
-with them.
+Clean accuracy was 0.885 before the stream.
+
+A user's first flipped labels look like ordinary corrections, so some poisoned
+examples are learned before the verdict; the honest corrections learned next to them
+outweigh them. Honest feedback withheld on stable traffic: 0 of 3,000 (9 when every
+user was held to one population rate); under `new_phrasing` drift: 0 (38).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from tests.conftest import SPEC, TinyModel, head_copy
 T0 = 1_800_000_000.0
 N_EVENTS = 3_000
 ONSET = 0.3
+DEFAULT_ALPHA = FeedbackSettings.model_fields["trust_alpha"].default
 ID_PREFIX = "flip-feedback"  # event ids decide which examples are held back
 
 
@@ -55,7 +58,8 @@ def records(trained: TinyModel, events: pd.DataFrame) -> list[Record]:
     encoder = trained[0]
     texts = list(events["text"])
     batch = featurize(texts, encoder.encode(texts), SPEC)
-    served = np.array(INTENTS)[trained[1].predict_proba_many(batch).argmax(axis=1)]  # what users were answered
+    proba = trained[1].predict_proba_many(batch)
+    served = np.array(INTENTS)[proba.argmax(axis=1)]  # what users were answered, and how sure the model was
     csr = batch.sparse.tocsr()
     rng, out, offsets = random.Random(4), [], {PREDICTIONS: 0, FEEDBACK: 0}
 
@@ -69,7 +73,7 @@ def records(trained: TinyModel, events: pd.DataFrame) -> list[Record]:
         prediction = PredictionEvent(
             prediction_id=pid, model_version="1", user_id=row.user_id, text=row.text, intent=served[i],
             features=LoggedFeatures.of(csr.indices[rows], csr.data[rows], batch.dense[i]),
-            probabilities={intent: 1 / len(INTENTS) for intent in INTENTS})
+            probabilities=dict(zip(INTENTS, map(float, proba[i]), strict=True)))
         out.append(record(PREDICTIONS, pid, prediction.model_dump_json().encode(), ts))
         feedback = FeedbackEvent(event_id=f"{ID_PREFIX}-{i}", prediction_id=pid, label=row.label)
         out.append(record(FEEDBACK, pid, feedback.model_dump_json().encode(), ts + rng.uniform(0.01, 0.2)))
@@ -132,9 +136,9 @@ def flood() -> pd.DataFrame:
 
 def test_trust_withholds_most_poisoned_feedback_and_no_head_loses_clean_accuracy(
         trained: TinyModel, flood: pd.DataFrame, tmp_path: Path) -> None:
-    run = Run(trained, tmp_path, flood, trust_alpha=1e-3)
+    run = Run(trained, tmp_path, flood, trust_alpha=DEFAULT_ALPHA)
     print(run.describe())
-    assert run.poisoned_withheld >= 0.6 * run.poisoned, run.describe()
+    assert run.poisoned_withheld >= 0.5 * run.poisoned, run.describe()
     assert run.clean_withheld <= 0.01 * (N_EVENTS - run.poisoned), run.describe()
     assert min(run.heads) >= run.before - 0.01, "no head the service published is less accurate on clean traffic"
     assert run.after > run.before + 0.03, "the clean corrections are still learned"
@@ -157,7 +161,7 @@ def test_the_gate_alone_rejects_poisoned_updates_and_keeps_clean_accuracy_within
                          [("stable", 0.4, 0.01), ("new_phrasing", 0.6, 0.02)])
 def test_trust_withholds_little_honest_feedback_even_under_drift(
         trained: TinyModel, tmp_path: Path, scenario: str, strength: float, most_withheld: float) -> None:
-    run = Run(trained, tmp_path, traffic(scenario, strength), trust_alpha=1e-3)
+    run = Run(trained, tmp_path, traffic(scenario, strength), trust_alpha=DEFAULT_ALPHA)
     print(run.describe())
     assert run.poisoned == 0
     assert run.clean_withheld <= most_withheld * N_EVENTS, run.describe()
