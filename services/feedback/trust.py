@@ -65,6 +65,7 @@ class _Record:
     bits: int = 0  # disagreements, newest lowest
     expected: bytes = b""  # per event, newest first: round(255 * P(disagree))
     n: int = 0
+    trusted: bool = True  # the last verdict
 
 
 class UserTrust:
@@ -94,6 +95,9 @@ class UserTrust:
         record.expected = (bytes([round(255 * chance)]) + record.expected)[:history]
         record.n = min(record.n + 1, history)
         if self.calibration is None or self.settings.alpha <= 0 or record.bits == 0:
+            record.trusted = True
+            return Verdict(True, 0, record.n, 0.0, 1.0)
+        if not disagreed and record.trusted:  # an agreement only makes every run less suspect: no need to look
             return Verdict(True, 0, record.n, 0.0, 1.0)
         # Every recent run: an attack that starts late is a short run.
         counts = np.cumsum([(record.bits >> i) & 1 for i in range(record.n)])
@@ -101,12 +105,13 @@ class UserTrust:
         p = pdtrc(np.maximum(counts - 1, 0), expected)  # P(at least `counts` disagreements) at that expectation
         p[counts == 0] = 1.0
         worst = int(np.argmin(p))
-        return Verdict(bool(p[worst] >= self.settings.alpha), int(counts[worst]), worst + 1,
-                       float(expected[worst]), float(p[worst]))
+        record.trusted = bool(p[worst] >= self.settings.alpha)
+        return Verdict(record.trusted, int(counts[worst]), worst + 1, float(expected[worst]), float(p[worst]))
 
     def to_bytes(self) -> bytes:
         return json.dumps({"calibration": self.calibration, "records": [
-            [u, r.bits, base64.b64encode(r.expected).decode(), r.n] for u, r in self.records.items()]}).encode()
+            [u, r.bits, base64.b64encode(r.expected).decode(), r.n, r.trusted] for u, r in self.records.items()]}
+                          ).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, settings: TrustSettings | None = None) -> UserTrust:
@@ -115,7 +120,8 @@ class UserTrust:
         if "calibration" not in state:  # the first format (no expected counts): records build up again
             return trust
         trust.calibration = state["calibration"]
-        trust.records = {str(u): _Record(int(b), base64.b64decode(e), int(n)) for u, b, e, n in state["records"]}
+        trust.records = {str(u): _Record(int(b), base64.b64decode(e), int(n), bool(t))
+                         for u, b, e, n, t in state["records"]}
         return trust
 
 
