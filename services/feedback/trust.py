@@ -11,7 +11,8 @@ model was unsure; an attacker disagrees where it was sure.
 A user is *distrusted* while some recent run of their record (the last 1, 2, ...
 `history` events) holds more disagreements than that run's expected count makes
 likely: a Poisson tail below `alpha`, at the expected count scaled by the population's
-calibration (the median over users of disagreements / expected disagreements, so a
+calibration (the median, over the users seen most recently, of disagreements / expected
+disagreements, so a
 model that is over- or under-confident overall does not make everyone suspect or
 no one; robust while attackers are fewer than half of the active users). A user the
 model serves badly has less confident answers and so a higher expected count: their
@@ -27,6 +28,7 @@ and their earlier held-back examples leave the set the gate judges by.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import statistics
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ MIN_EXPECTED = 0.02  # per event: a model sure to 0.999 still makes mistakes a u
 CALIBRATION_FLOOR = 0.25  # a population that disagrees far less than the model expects does not make all suspect
 MIN_RECORD = 5  # users with a shorter record do not vote on the calibration
 MIN_VOTERS = 10  # fewer voters: the calibration is not known yet, nobody is distrusted
+VOTERS = 2_000  # the most recently seen users vote: the calibration costs the same with a million users
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,8 @@ class UserTrust:
 
     def start_window(self) -> None:
         """Fix the calibration for the window about to be judged (so its order inside does not matter)."""
-        ratios = [r.bits.bit_count() / _expected(r.expected) for r in self.records.values() if r.n >= MIN_RECORD]
+        recent = itertools.islice(reversed(self.records.values()), VOTERS)
+        ratios = [r.bits.bit_count() / _expected(r.expected) for r in recent if r.n >= MIN_RECORD]
         self.calibration = (max(CALIBRATION_FLOOR, statistics.median(ratios))
                             if len(ratios) >= MIN_VOTERS else None)
 
