@@ -12,9 +12,9 @@ A user is *distrusted* while some recent run of their record (the last 1, 2, ...
 `history` events) holds more disagreements than that run's expected count makes
 likely: a Poisson tail below `alpha`, at the expected count scaled by the population's
 calibration (the median, over the users seen most recently, of disagreements / expected
-disagreements, so a
-model that is over- or under-confident overall does not make everyone suspect or
-no one; robust while attackers are fewer than half of the active users). A user the
+disagreements, so a model that is over- or under-confident overall does not make
+everyone suspect or no one; robust while attackers are fewer than half of the active
+users). A user the
 model serves badly has less confident answers and so a higher expected count: their
 corrections are not mistaken for an attack, as they were when every user was held to
 one population rate.
