@@ -148,8 +148,9 @@ class UpdateFollower:
                 message = consumer.poll(0.5)
                 if message is None:
                     # Half a second without a record, fetches answered within 50 ms: the topic is read to its
-                    # end (the embedded broker's high watermark is not reliable enough to compare against).
-                    if not self.replayed.is_set():
+                    # end (the embedded broker's high watermark is not reliable enough to compare against),
+                    # once a fetch has answered at all: the first poll can come back empty before that.
+                    if not self.replayed.is_set() and _fetched(consumer):
                         log.info("model-updates replayed (%d events): serving %s", sum(self.outcomes.values()),
                                  self.store.current.version if self.store.current else "nothing")
                         self.replayed.set()
@@ -195,3 +196,12 @@ class UpdateFollower:
                 log.warning("model-updates: broker at %s unreachable: %s", self.bootstrap_servers, exc)
             self._stop.wait(1.0)
         return []
+
+
+def _fetched(consumer: Consumer) -> bool:
+    """Whether a fetch has answered for every assigned partition (the client caches the watermarks each
+    answer carries; before the first one they read -1001)."""
+    try:
+        return all(consumer.get_watermark_offsets(tp, cached=True)[1] >= 0 for tp in consumer.assignment())
+    except KafkaException:
+        return False
