@@ -12,7 +12,8 @@
   half-applied delta), and reach the last delta published, each applied once.
 - `soak`: predictions and their feedback at a steady rate through serving and the
   feedback service; no failed request, no 5xx, no dead letter (but at most 1% withheld
-  by per-user trust), no dropped prediction event; the RSS of both process groups is sampled and its growth bounded.
+  by per-user trust), no dropped prediction event; the RSS of both process groups is
+  sampled and its growth bounded.
 - `label_flip_flood`: a group of users reports wrong intents (`label_flip` traffic);
   per-user trust must withhold most of the poisoned feedback (`TRUST_CATCHES`) and almost
   none of the rest (`TRUST_SPARES`), and no head that reached serving may be less
