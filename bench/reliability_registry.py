@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reliability_outcome import Outcome  # bench/reliability_outcome.py: bench scripts import each other
+from reliability_feedback import learned  # bench/reliability_feedback.py: bench scripts import each other
+from reliability_outcome import Outcome
 
 START_TIMEOUT = 180.0  # seconds for a process to be healthy on a busy machine
 MODES = ("stop", "kill")
@@ -216,10 +217,7 @@ def one_outage(stack: Stack, mode: str, outage_s: float, registry_interval_s: fl
 
 def drain(stack: Stack, traffic: Traffic, timeout: float = 90.0) -> dict[str, Any]:
     """After the traffic stopped: wait until the service learned what was sent and serving caught up."""
-    def learned() -> float:
-        return _judged(_metrics(stack.feedback.url))
-
-    _wait(lambda: learned() >= traffic.sent, timeout)
+    _wait(lambda: learned(_metrics(stack.feedback.url)) >= traffic.sent, timeout)
     time.sleep(3.0)  # anything learned twice would show now
     metrics = _metrics(stack.feedback.url)
     live = _json(stack.feedback.url, "/healthz")["version"]
@@ -229,16 +227,10 @@ def drain(stack: Stack, traffic: Traffic, timeout: float = 90.0) -> dict[str, An
                      if key.startswith("loopline_feedback_registrations_total{")}
     dead = {key.split('"')[1]: value for key, value in metrics.items()
             if key.startswith("loopline_feedback_dead_letters_total{")}
-    return {"learned": int(_judged(metrics)), "sent_not_learned": traffic.sent - int(_judged(metrics)),
+    return {"learned": learned(metrics), "sent_not_learned": traffic.sent - learned(metrics),
             "dead_letters": dead, "registrations": registrations, "live_head": live,
             "served": _current(stack.serving.url), "serving_has_live_head": caught_up,
             "serving_gaps": _metrics(stack.serving.url).get('loopline_model_updates{outcome="gap"}', 0.0)}
-
-
-def _judged(metrics: dict[str, float]) -> float:
-    """Feedback learned (or held back) plus feedback withheld from users no longer trusted: accounted for."""
-    return (metrics.get("loopline_feedback_examples_total", 0.0)
-            + metrics.get('loopline_feedback_dead_letters_total{reason="untrusted_user"}', 0.0))
 
 
 # -- the stack ---------------------------------------------------------------------------------------

@@ -698,8 +698,7 @@ def untrusted_event_ids(serving: Serving, prefix: str) -> set[str]:
 def flood_windows(feedback: Feedback) -> dict[str, float]:
     return {"rejected": feedback.metric("loopline_feedback_windows_total", 'decision="rejected"'),
             "published": feedback.metric("loopline_feedback_windows_total", 'decision="published"'),
-            "examples": feedback.metric("loopline_feedback_examples_total")  # judged: learned or held back...
-            + feedback.metric("loopline_feedback_dead_letters_total", 'reason="untrusted_user"')}  # ...or withheld
+            "examples": feedback.judged()}
 
 
 # -- the bench run -------------------------------------------------------------------------------

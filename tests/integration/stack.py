@@ -124,6 +124,11 @@ class Feedback:
                 return float(line.split()[-1])
         return 0.0
 
+    def judged(self) -> float:
+        """Feedback events accounted for: learned (or held back), or withheld by per-user trust."""
+        return (self.metric("loopline_feedback_examples_total")
+                + self.metric("loopline_feedback_dead_letters_total", 'reason="untrusted_user"'))
+
     @property
     def token(self) -> str:
         """The admin token POST /promote takes."""

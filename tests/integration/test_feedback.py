@@ -51,11 +51,7 @@ def test_feedback_is_learned_and_serving_answers_with_the_update(serving: Servin
         assert wait_until(lambda: serving.current().startswith("1+ftrl."), 60), service.process.log_tail()
         version = serving.current()
         assert serving.predict("turn on the wifi")["model_version"] == version
-        def judged() -> float:  # learned (or held back), or withheld by per-user trust: accounted for
-            return (service.metric("loopline_feedback_examples_total")
-                    + service.metric("loopline_feedback_dead_letters_total", 'reason="untrusted_user"'))
-
-        assert wait_until(lambda: judged() == len(sent), 30), (judged(), len(sent))
+        assert wait_until(lambda: service.judged() == len(sent), 30), (service.judged(), len(sent))
         assert service.metric("loopline_feedback_windows_total", 'decision="published"') >= 1
         assert service.metric("loopline_feedback_progressive_accuracy") > 0.5
         assert serving.metric("loopline_model_updates", outcome="gap") == 0

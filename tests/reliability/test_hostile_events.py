@@ -119,12 +119,6 @@ def consumed(feedback: Feedback, topic: str) -> float:
     return feedback.metric("loopline_feedback_records_total", f'topic="{topic}"')
 
 
-def examples(feedback: Feedback) -> float:
-    """Good feedback accounted for: learned (or held back), or withheld by per-user trust."""
-    return (feedback.metric("loopline_feedback_examples_total")
-            + feedback.metric("loopline_feedback_dead_letters_total", 'reason="untrusted_user"'))
-
-
 def wait_consumed(feedback: Feedback, before: dict[str, float], sent: list[Sent], served: int = 0,
                   timeout: float = 30) -> None:
     """Until the service has read every record in `sent` and `served` predictions logged by serving
@@ -262,7 +256,7 @@ def test_each_malformed_event_is_dead_lettered_once_with_its_reason_and_good_tra
         serving: Serving, feedback: Feedback) -> None:
     producer, broker = serving.producer, serving.settings.kafka_bootstrap_servers or ""
     before = {t: consumed(feedback, t) for t in (PREDICTIONS, FEEDBACK)}
-    learned_before = examples(feedback)
+    learned_before = feedback.judged()
     good_sent: list[Sent] = []
 
     def send_good(pid: str, event: FeedbackEvent) -> None:
@@ -303,8 +297,8 @@ def test_each_malformed_event_is_dead_lettered_once_with_its_reason_and_good_tra
                         kind="late feedback", reason=None, ts=old))
 
     want_learned = learned_before + len(good_sent) + 1  # every good feedback (one with a far-future `time`), late
-    assert wait_until(lambda: examples(feedback) >= want_learned, 60), \
-        (examples(feedback), want_learned, feedback.process.log_tail())
+    assert wait_until(lambda: feedback.judged() >= want_learned, 60), \
+        (feedback.judged(), want_learned, feedback.process.log_tail())
     mine = {s.where for s in bad + good_sent + late}
 
     def my_letters() -> list[DeadLetter]:
@@ -318,7 +312,7 @@ def test_each_malformed_event_is_dead_lettered_once_with_its_reason_and_good_tra
     for sent in bad:
         assert letters[(*sent.where, sent.reason)] == 1, (sent, [k for k in letters if k[:3] == sent.where])
     assert sum(letters.values()) == len(bad), "good events were dead-lettered, or bad ones twice"
-    assert examples(feedback) == want_learned, "an event was learned twice, or a bad one learned"
+    assert feedback.judged() == want_learned, "an event was learned twice, or a bad one learned"
     assert_healthy(feedback)
 
 
@@ -349,10 +343,10 @@ def test_a_feedback_stamped_ahead_does_not_hold_back_the_expiry_of_other_feedbac
     ordinary_pid = "missing-" + uuid.uuid4().hex
     ordinary = produce(producer, FEEDBACK, ordinary_pid, as_bytes(feedback_json(ordinary_pid, "set_alarm")),
                        kind="feedback for a prediction never made", reason="unmatched")
-    learned_before = examples(feedback)
+    learned_before = feedback.judged()
     good = serve_and_label(serving, 10, seed=104, send=lambda pid, e: producer.send(
         FEEDBACK, key=pid.encode(), value=e.model_dump_json().encode()).get(10))
-    assert wait_until(lambda: examples(feedback) >= learned_before + len(good), 60), feedback.process.log_tail()
+    assert wait_until(lambda: feedback.judged() >= learned_before + len(good), 60), feedback.process.log_tail()
 
     def expired() -> bool:
         return any((d.topic, d.partition, d.offset) == ordinary.where and d.reason == "unmatched"
@@ -379,7 +373,7 @@ def test_far_future_records_on_every_partition_do_not_stop_learning(serving: Ser
     poison.append(produce(producer, FEEDBACK, pid, as_bytes(feedback_json(pid, "set_alarm")), ts=ahead,
                           kind="feedback stamped ten years ahead", reason="far_future"))
     wait_consumed(feedback, before, poison)
-    learned_before = examples(feedback)
+    learned_before = feedback.judged()
     good = serve_and_label(serving, 20, seed=105)
     wait_consumed(feedback, before, poison, served=len(good))
     for pid, event in good:
@@ -392,6 +386,6 @@ def test_far_future_records_on_every_partition_do_not_stop_learning(serving: Ser
         return sorted(d.reason for d in read_dead_letters(broker) if (d.topic, d.partition, d.offset) in where)
 
     assert wait_until(lambda: letters() == ["far_future"] * len(poison), 30), letters()
-    assert wait_until(lambda: examples(feedback) >= learned_before + len(good), 10), \
-        f"learned {examples(feedback) - learned_before} of {len(good)}; letters {dict(dead_letter_counts(feedback))}"
+    assert wait_until(lambda: feedback.judged() >= learned_before + len(good), 10), \
+        f"learned {feedback.judged() - learned_before} of {len(good)}; letters {dict(dead_letter_counts(feedback))}"
     assert_healthy(feedback)
