@@ -42,7 +42,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +170,7 @@ class Sent:
     failed: Counter[str] = field(default_factory=Counter)  # by what went wrong
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (monotonic start, seconds)
     feedback_ids: list[str] = field(default_factory=list)  # acknowledged by the broker
+    prediction_ids: list[str] = field(default_factory=list)  # theirs, in the same order
     send_errors: list[str] = field(default_factory=list)  # feedback the producer gave up on
 
     @property
@@ -192,10 +193,11 @@ def send_traffic(url: str, producer: KafkaProducer, n: int, seed: int, *, rate: 
     rng = random.Random(seed)
     lock = threading.Lock()
 
-    def acked(event_id: str) -> Callable[[Any], None]:
+    def acked(event_id: str, prediction_id: str) -> Callable[[Any], None]:
         def record(_: Any) -> None:
             with lock:
                 sent.feedback_ids.append(event_id)
+                sent.prediction_ids.append(prediction_id)
         return record
 
     def failed(event_id: str) -> Callable[[Exception], None]:
@@ -229,7 +231,7 @@ def send_traffic(url: str, producer: KafkaProducer, n: int, seed: int, *, rate: 
                 event = FeedbackEvent(event_id=uuid.uuid4().hex, prediction_id=pid, label=row.true_label,
                                       source="correction")
                 future = producer.send(FEEDBACK, key=pid.encode(), value=event.model_dump_json().encode())
-                future.add_callback(acked(event.event_id)).add_errback(failed(event.event_id))
+                future.add_callback(acked(event.event_id, pid)).add_errback(failed(event.event_id))
     return sent
 
 
@@ -263,6 +265,64 @@ def learned(values: dict[str, float]) -> int:
     vouches for; either way accounted for, once."""
     return int(values.get("loopline_feedback_examples_total", 0)
                + values.get('loopline_feedback_dead_letters_total{reason="untrusted_user"}', 0))
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """What became of each feedback event a run sent, read from the service's checkpoint.
+
+    Counts alone cannot tell one event lost from another learned twice: they cancel. Here an
+    event is joined when its prediction id is among the join store's labeled ids and no longer
+    waiting to be released (so it was learned, held back or withheld by trust: judged; labeled
+    ids are remembered for `LOOPLINE_PREDICTION_TTL_S`, an hour, longer than any run here), and
+    `judged` is how much the service's judged count rose, which rises once per judging. Sent
+    events not joined are lost; judgings beyond the events joined were of an event again.
+    """
+
+    sent: int
+    joined: int
+    judged: int
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.joined
+
+    @property
+    def twice(self) -> int:
+        return max(0, self.judged - self.joined)
+
+
+def judged_in(state: dict[str, Any]) -> int:
+    """`learned` as a checkpoint's state records it."""
+    return int(state["progress"]["examples"] + state["dead_letters"].get("untrusted_user", 0))
+
+
+def ledger(state_dir: Path, prediction_ids: Collection[str], judged_before: int, judged_now: int,
+           timeout: float = 30.0) -> Ledger | None:
+    """The ledger of the events for `prediction_ids`, from the newest checkpoint of the feedback service
+    with state folder `state_dir` once that has caught up with `judged_now` (its counters after settling;
+    `judged_before`: before the run sent anything). None if no checkpoint catches up within `timeout`."""
+    from services.feedback.checkpoint import CheckpointStore
+    from services.feedback.join import JoinStore
+    from services.feedback.service import JOIN
+
+    store = CheckpointStore(state_dir / "feedback" / "checkpoints")
+    found: list[Checkpoint] = []
+
+    def caught_up() -> bool:
+        newest = store.restore().checkpoint  # may race with pruning: then an older one, and we poll again
+        if newest is not None and judged_in(newest.state) >= judged_now:
+            found.append(newest)
+            return True
+        return False
+
+    if not wait_for(caught_up, timeout):
+        return None
+    join = JoinStore.from_bytes(found[-1].files[JOIN])
+    unreleased = {j.prediction.prediction_id for j in join.ready}
+    wanted = set(prediction_ids)
+    joined = sum(1 for pid in join.labeled if pid in wanted and pid not in unreleased)
+    return Ledger(len(wanted), joined, judged_in(found[-1].state) - judged_before)
 
 
 def feedback_read(values: dict[str, float]) -> int:
@@ -423,14 +483,17 @@ def crash_trial(stack: Stack, pair: Pair, producer: KafkaProducer, rng: random.R
     trial.measured["caught_up_s"] = round(time.monotonic() - caught_up, 2)
 
     after = {name: metrics(s) for name, s in (("steady", steady), ("victim", victim))}
-    gained = {name: learned(v) - before[name] for name, v in after.items()}
-    trial.lost = max(0, gained["steady"] - gained["victim"])
-    trial.twice = max(0, gained["victim"] - gained["steady"])
-    # The steady service is the reference only if it learned every event sent (no dead letters here).
-    unaccounted = len(sent.feedback_ids) - gained["steady"]
-    if unaccounted:
-        trial.notes.append(f"the steady service learned {gained['steady']} of {len(sent.feedback_ids)} events sent")
-        trial.lost += max(0, unaccounted)
+    accounts = {name: ledger(s.state, sent.prediction_ids, before[name], learned(after[name]))
+                for name, s in (("steady", steady), ("victim", victim))}
+    victim_account, steady_account = accounts["victim"], accounts["steady"]
+    if victim_account is None:
+        trial.notes.append("no checkpoint of the victim caught up with what it learned")
+        trial.lost = len(sent.feedback_ids)
+    else:
+        trial.lost, trial.twice = victim_account.lost, victim_account.twice
+    # The steady service is the reference only if it learned every event sent once (no dead letters here).
+    if steady_account is None or steady_account.lost or steady_account.twice:
+        trial.notes.append(f"the steady service is no reference: {steady_account}")
 
     states = [newest_checkpoint(s, int(after[name].get("loopline_feedback_checkpoint", 0)))
               for name, s in (("steady", steady), ("victim", victim))]
@@ -614,7 +677,12 @@ def pause_trial(stack: Stack, service: Feedback, pause_s: float, seed: int) -> T
     gained = learned(metrics(service)) - learned(before)
     # Every feedback event here is for a prediction serving answered: one not learned is lost, whatever
     # the dead letter says (`unmatched` when serving's log dropped its prediction during the pause).
-    trial.lost, trial.twice = max(0, len(mine) - gained), max(0, gained - len(mine))
+    account = ledger(service.state, sent.prediction_ids, learned(before), learned(metrics(service)))
+    if account is None:
+        trial.notes.append("no checkpoint caught up with what the service learned")
+        trial.lost = len(mine)
+    else:
+        trial.lost, trial.twice = account.lost, account.twice
     drops = {k: v - drops_before.get(k, 0.0) for k, v in serving_drops(stack).items()}
     trial.measured |= {"learned": gained, "dead_lettered": dict(Counter(reasons.values())),
                        "duplicate_copies_refused": copies,
@@ -677,9 +745,10 @@ def malformed_events(stack: Stack, pair: Pair, seed: int = 5) -> Outcome:
     services = [pair.steady, pair.victim]
     producer = stack.producer()
     before = learned(metrics(pair.steady))
-    good_sent = []
+    good_sent, good_ids = [], []
 
     def send_good(pid: str, event: Any) -> None:
+        good_ids.append(pid)
         good_sent.append(produce(producer, FEEDBACK, pid, event.model_dump_json().encode(), kind="good",
                                  reason=None))
 
@@ -703,8 +772,9 @@ def malformed_events(stack: Stack, pair: Pair, seed: int = 5) -> Outcome:
              if reasons.get(b.where, []) != [b.reason] * len(services)]
     gained = learned(metrics(pair.steady)) - before
     good_letters = sum(len(reasons.get(g.where, [])) for g in good_sent)
-    lost = sum(not reasons.get(b.where) for b in bad) + max(0, len(good_sent) - gained)
-    twice = sum(max(0, len(reasons.get(b.where, [])) - len(services)) for b in bad) + max(0, gained - len(good_sent))
+    account = ledger(pair.steady.state, good_ids, before, learned(metrics(pair.steady)))
+    lost = sum(not reasons.get(b.where) for b in bad) + (len(good_sent) if account is None else account.lost)
+    twice = sum(max(0, len(reasons.get(b.where, [])) - len(services)) for b in bad) + (account.twice if account else 0)
     detail = (f"{len(bad)} malformed events ({len({b.topic for b in bad})} topics) among {len(good_sent)} good "
               f"feedback events, {len(services)} feedback services: dead-lettered with the expected reason by each "
               f"{len(bad) - len(wrong)}; good events learned {gained}, dead-lettered {good_letters}")

@@ -11,8 +11,8 @@ a new server starts on the same store and port). Meanwhile serving must keep get
 online deltas (its `model_version`, N+ftrl.K, advances) and registrations that fall due
 must wait, not vanish: once the server is back, a new registry version with
 `source=online` must land. At the end the traffic stops and the service must have
-learned every feedback event sent exactly once (its progressive-example count against
-what was sent), serving must answer with the service's live head, and no predict
+learned every feedback event sent exactly once (per event: `reliability_feedback.ledger`
+reads which were joined from its checkpoint), serving must answer with the service's live head, and no predict
 request may have failed.
 
 `bench/reliability.py` imports this module as `reliability_registry`; heavy imports stay
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reliability_feedback import learned  # bench/reliability_feedback.py: bench scripts import each other
+from reliability_feedback import learned, ledger  # bench/reliability_feedback.py: bench scripts import each other
 from reliability_outcome import Outcome
 
 START_TIMEOUT = 180.0  # seconds for a process to be healthy on a busy machine
@@ -52,6 +52,7 @@ class Traffic:
     rate: float
     seed: int = 0
     sent: int = 0
+    prediction_ids: list[str] = field(default_factory=list)  # of the feedback sent
     failed: int = 0
     versions: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, model_version answered)
     errors: list[str] = field(default_factory=list)
@@ -102,6 +103,7 @@ class Traffic:
                 producer.produce(FEEDBACK, key=event.prediction_id.encode(), value=event.model_dump_json().encode())
                 producer.poll(0)
                 self.sent += 1
+                self.prediction_ids.append(event.prediction_id)
         if producer.flush(30) > 0:
             self.errors.append("feedback not all acknowledged by the broker")
 
@@ -153,8 +155,7 @@ def mlflow_down(workdir: Path, trials: int = 2, outage_s: float = 30.0, modes: t
         measured["drain_s"] = round(time.monotonic() - started, 1)
         measured |= drained | {"sent": traffic.sent, "requests_failed": traffic.failed,
                                "request_errors": traffic.errors[:5]}
-    lost = max(0, drained["sent_not_learned"])
-    twice = max(0, -drained["sent_not_learned"])
+    lost, twice = drained["lost"], drained["applied_twice"]
     if not drained["serving_has_live_head"]:
         survived = min(survived, trials - 1)
     trial_text = "; ".join(
@@ -220,6 +221,8 @@ def drain(stack: Stack, traffic: Traffic, timeout: float = 90.0) -> dict[str, An
     _wait(lambda: learned(_metrics(stack.feedback.url)) >= traffic.sent, timeout)
     time.sleep(3.0)  # anything learned twice would show now
     metrics = _metrics(stack.feedback.url)
+    # The service started with this run: everything it judged was sent by `traffic`.
+    account = ledger(stack.feedback.state_dir, traffic.prediction_ids, 0, learned(metrics))
     live = _json(stack.feedback.url, "/healthz")["version"]
     caught_up = _wait(lambda: _current(stack.serving.url) == _plain(_json(stack.feedback.url, "/healthz")["version"]),
                       60)
@@ -228,6 +231,8 @@ def drain(stack: Stack, traffic: Traffic, timeout: float = 90.0) -> dict[str, An
     dead = {key.split('"')[1]: value for key, value in metrics.items()
             if key.startswith("loopline_feedback_dead_letters_total{")}
     return {"learned": learned(metrics), "sent_not_learned": traffic.sent - learned(metrics),
+            "lost": traffic.sent if account is None else account.lost,
+            "applied_twice": 0 if account is None else account.twice,
             "dead_letters": dead, "registrations": registrations, "live_head": live,
             "served": _current(stack.serving.url), "serving_has_live_head": caught_up,
             "serving_gaps": _metrics(stack.serving.url).get('loopline_model_updates{outcome="gap"}', 0.0)}

@@ -12,7 +12,8 @@
   half-applied delta), and reach the last delta published, each applied once.
 - `soak`: predictions and their feedback at a steady rate through serving and the
   feedback service; no failed request, no 5xx, no dead letter (but at most 1% withheld
-  by per-user trust), no dropped prediction event; the RSS of both process groups is
+  by per-user trust), no dropped prediction event, every feedback event judged exactly
+  once (per event, from the service's checkpoint); the RSS of both process groups is
   sampled and its growth bounded.
 - `label_flip_flood`: a group of users reports wrong intents (`label_flip` traffic);
   per-user trust must withhold most of the poisoned feedback (`TRUST_CATCHES`) and almost
@@ -447,13 +448,15 @@ class RssSeries:
 
 def soak(serving: Serving, feedback: Feedback, duration_s: float, *, rate: float = 20.0, sample_s: float = 2.0,
          growth_bound_mb: float = 30.0, plot: Path | None = None, seed: int = 0) -> Outcome:
-    """Predictions plus feedback for `duration_s`: no error, and RSS growth over the second half within bound.
+    """Predictions plus feedback for `duration_s`: no error, every feedback event judged once (per event, by
+    `reliability_feedback.ledger`), and RSS growth over the second half within bound.
 
     The bound is on the second half because the first minutes fill caches that are meant
     to fill (ONNX Runtime's arena, the feedback service's join store and held-back set
     up to their caps, the prediction log's buffers); a leak keeps growing after that.
     """
     import httpx
+    from reliability_feedback import ledger
 
     from models.traffic import TrafficConfig, generate
     from services.common.events import FEEDBACK, FeedbackEvent
@@ -464,7 +467,9 @@ def soak(serving: Serving, feedback: Feedback, duration_s: float, *, rate: float
     series = [RssSeries("serving"), RssSeries("feedback")]
     processes = [serving.process, feedback.process]
     before = soak_counters(serving, feedback)
-    failed = sent = requests = 0
+    judged_before = int(feedback.judged())
+    failed = requests = 0
+    sent: list[str] = []  # prediction ids of the feedback sent
     stop = threading.Event()
     started = time.monotonic()
 
@@ -497,7 +502,7 @@ def soak(serving: Serving, feedback: Feedback, duration_s: float, *, rate: float
                 event = FeedbackEvent(event_id=uuid.uuid4().hex, prediction_id=answer["prediction_id"], label=label)
                 serving.producer.send(FEEDBACK, key=answer["prediction_id"].encode(),
                                       value=event.model_dump_json().encode())
-                sent += 1
+                sent.append(answer["prediction_id"])
             time.sleep(max(0.0, requests / rate - (time.monotonic() - started)))
             if requests % 100 == 0:
                 serving.producer.flush(10)
@@ -505,8 +510,10 @@ def soak(serving: Serving, feedback: Feedback, duration_s: float, *, rate: float
     sampler.join()
     serving.producer.flush(10)
     consumed = wait_for(lambda: soak_counters(serving, feedback)["feedback_records"]
-                        >= before["feedback_records"] + sent, 120, poll_s=0.5)
+                        >= before["feedback_records"] + len(sent) and feedback.judged() >= judged_before + len(sent),
+                        120, poll_s=0.5)
     after = soak_counters(serving, feedback)
+    account = ledger(feedback.state, sent, judged_before, int(feedback.judged()))
     errors = {k: after[k] - before[k] for k in ("serving_5xx", "dead_letters", "log_dropped")}
     window = min(60.0, duration_s / 4)
     growth = {rss.name: rss.growth(duration_s, window) for rss in series}
@@ -515,17 +522,19 @@ def soak(serving: Serving, feedback: Feedback, duration_s: float, *, rate: float
         plot_rss(series, plot, duration_s, requests, rate)
     # Honest feedback per-user trust withheld (an unlucky run of corrections): not an error, but bounded.
     withheld = after["untrusted"] - before["untrusted"]
-    held = bounded and consumed and failed == 0 and not any(errors.values()) and withheld <= TRUST_SPARES * sent
+    lost, twice = (len(sent), 0) if account is None else (account.lost, account.twice)
+    held = (bounded and consumed and failed == 0 and not any(errors.values()) and not lost and not twice
+            and withheld <= TRUST_SPARES * len(sent))
     detail = "; ".join(f"{name} RSS {g['first_mb']:.0f} -> {g['last_mb']:.0f} MB ({g['growth_mb']:+.1f} MB, "
                        f"{g['growth_pct']:+.1f}%; second half {g['second_half_mb']:+.1f} MB, bound "
                        f"{growth_bound_mb:.0f})" for name, g in growth.items())
-    detail = (f"{duration_s / 60:.1f} min, {requests} requests, {sent} feedback events; {detail}; medians of the first "
-              f"and last {window:.0f} s; errors {errors}; {withheld:.0f} withheld as untrusted_user"
-              + ("" if consumed else "; feedback not all consumed"))
-    return Outcome(f"soak: predict + feedback for {duration_s / 60:.0f} min", 1, int(held), 0 if consumed else 1, 0,
-                   failed + errors["serving_5xx"], detail,
-                   {"growth": growth, "errors": errors, "requests": requests, "feedback_sent": sent,
-                    "withheld": withheld,
+    detail = (f"{duration_s / 60:.1f} min, {requests} requests, {len(sent)} feedback events; {detail}; medians of "
+              f"the first and last {window:.0f} s; errors {errors}; {withheld:.0f} withheld as untrusted_user; "
+              f"{account or 'no checkpoint caught up'}" + ("" if consumed else "; feedback not all judged"))
+    return Outcome(f"soak: predict + feedback for {duration_s / 60:.0f} min", 1, int(held), lost, twice,
+                   failed + int(errors["serving_5xx"]), detail,
+                   {"growth": growth, "errors": errors, "requests": requests, "feedback_sent": len(sent),
+                    "withheld": withheld, "lost": lost, "applied_twice": twice,
                     "series": {rss.name: {"seconds": rss.seconds, "mb": rss.mb} for rss in series}})
 
 
