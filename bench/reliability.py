@@ -15,9 +15,10 @@ needs, runs its scenarios with their own trial counts and returns its rows:
 
 The same scenarios, with fewer trials, are the tests in tests/reliability/, which assert
 that each row held. `--trials N` gives every scenario N trials; `--quick` is a smoke run
-(fewest trials, short pauses). Results go to bench/results/reliability.json.
+(fewest trials, short pauses); `--only feedback registry` runs those parts alone.
+Results go to bench/results/reliability.json (reliability-<parts>.json for a part run).
 
-Run: `.venv/bin/python bench/reliability.py [--quick] [--trials N] [--work DIR]`
+Run: `.venv/bin/python bench/reliability.py [--quick] [--trials N] [--only PART ...] [--work DIR]`
 """
 
 from __future__ import annotations
@@ -65,12 +66,13 @@ def registry_rows(work: Path, trials: int | None, quick: bool, progress: Progres
     return [reliability_registry.mlflow_down(work, trials or (1 if quick else 2), outage_s=10.0 if quick else 30.0)]
 
 
-# (part of the system, its run(work, trials, quick, progress) -> rows); one line per scenario module.
-SCENARIOS: list[tuple[str, Run]] = [
-    ("feedback service, checkpoints, broker", reliability_feedback.run),
-    ("serving swaps and deltas, soak, label-flip flood", serving_rows),
-    ("registry outage", registry_rows),
-]
+# part name -> (what it covers, its run(work, trials, quick, progress) -> rows); one per scenario module.
+SCENARIOS: dict[str, tuple[str, Run]] = {
+    "feedback": ("feedback service, checkpoints, broker", reliability_feedback.run),
+    "serving": ("serving swaps and deltas, soak, label-flip flood", serving_rows),
+    "registry": ("registry outage", registry_rows),
+}
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,8 +80,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, help="trials of every scenario (default: each scenario's own)")
     parser.add_argument("--quick", action="store_true", help="smoke run: fewest trials, short pauses")
     parser.add_argument("--work", type=Path, help="keep state folders and process logs here")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "reliability.json")
-    return parser.parse_args(argv)
+    parser.add_argument("--only", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS),
+                        help="run these parts only")
+    parser.add_argument("--out", type=Path, help="default bench/results/reliability[-<only>].json")
+    args = parser.parse_args(argv)
+    if args.out is None:
+        parts = [part for part in SCENARIOS if part in args.only]
+        args.out = RESULTS / ("reliability.json" if len(parts) == len(SCENARIOS)
+                              else f"reliability-{'-'.join(parts)}.json")
+    return args
 
 
 def run_all(args: argparse.Namespace) -> tuple[list[Outcome], list[dict[str, str]]]:
@@ -88,9 +97,11 @@ def run_all(args: argparse.Namespace) -> tuple[list[Outcome], list[dict[str, str
     with workspace(args.work, "reliability") as work, Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, refresh_per_second=2) as progress:
-        for i, (part, run) in enumerate(SCENARIOS):
+        for i, (name, (part, run)) in enumerate(SCENARIOS.items()):
+            if name not in args.only:
+                continue
             try:
-                outcomes.extend(run(work / f"{i}-{part.split()[0]}", args.trials, args.quick, progress))
+                outcomes.extend(run(work / f"{i}-{name}", args.trials, args.quick, progress))
             except Exception as exc:  # one part failing to start must not hide the others' rows
                 console.print_exception()
                 failed.append({"part": part, "error": repr(exc)})
@@ -127,7 +138,7 @@ def main() -> None:
     info: dict[str, Any] = {
         "hardware": hardware, "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
         "wall_s": round(time.perf_counter() - started, 1),
-        "settings": {"trials": args.trials, "quick": args.quick},
+        "settings": {"trials": args.trials, "quick": args.quick, "only": args.only},
         "held": all(o.held for o in outcomes) and not failed,
         "outcomes": [o.as_json() for o in outcomes], "not_run": failed,
     }
