@@ -12,8 +12,8 @@ online deltas (its `model_version`, N+ftrl.K, advances) and registrations that f
 must wait, not vanish: once the server is back, a new registry version with
 `source=online` must land. At the end the traffic stops and the service must have
 learned every feedback event sent exactly once (per event: `reliability_feedback.ledger`
-reads which were joined from its checkpoint), serving must answer with the service's live head, and no predict
-request may have failed.
+reads which were joined from its checkpoint), serving must answer with the service's
+live head, and no predict request may have failed.
 
 `bench/reliability.py` imports this module as `reliability_registry`; heavy imports stay
 inside functions. Run alone: `.venv/bin/python bench/reliability_registry.py [--trials 3] [--outage 30]`.
