@@ -173,6 +173,15 @@ def mlflow_down(workdir: Path, trials: int = 2, outage_s: float = 30.0, modes: t
 def one_outage(stack: Stack, mode: str, outage_s: float, registry_interval_s: float,
                log: Callable[[str], None]) -> dict[str, Any]:
     """Take MLflow away for `outage_s`, watching serving; bring it back and wait for the registration."""
+    # Each outage starts from a steady loop, serving on the feedback service's base. Right after the previous
+    # outage's registration became champion serving is still fetching it, and taking MLflow away then is
+    # another fault (a new champion out of reach), in which serving rightly keeps the whole model it has.
+    def serving_on_live_base() -> bool:
+        return _base(_current(stack.serving.url)) == _base(_json(stack.feedback.url, "/healthz")["version"])
+
+    waited_from = time.monotonic()
+    steady = _wait(serving_on_live_base, 120.0)
+    steady_after_s = round(time.monotonic() - waited_from, 1)
     before = _online_versions(stack)
     metrics = _metrics(stack.feedback.url)
     failed_before = metrics.get('loopline_feedback_registrations_total{outcome="failed"}', 0.0)
@@ -207,12 +216,13 @@ def one_outage(stack: Stack, mode: str, outage_s: float, registry_interval_s: fl
     landed = _wait(landed_since, 60.0 + 2 * registry_interval_s)
     new = sorted(_online_versions(stack) - before)
     served_advances = max(0, len(seen) - 1)
-    result = {"mode": mode, "outage_s": round(up_at - down_at, 1), "restart_s": round(back_at - up_at, 1),
+    result = {"mode": mode, "serving_on_live_base": steady, "waited_for_it_s": steady_after_s,
+              "outage_s": round(up_at - down_at, 1), "restart_s": round(back_at - up_at, 1),
               "served_versions": seen, "served_advances": served_advances,
               "failed_attempts_in_outage": failed, "pending_in_outage": pending,  # attempts may still hang
               "registered_version": new[-1] if new else None,
               "registered_after_s": round(time.monotonic() - back_at, 1) if landed else None}
-    result["held"] = bool(landed and served_advances >= 1 and pending >= 1)
+    result["held"] = bool(steady and landed and served_advances >= 1 and pending >= 1)
     return result
 
 
@@ -363,6 +373,11 @@ def _json(url: str, path: str, timeout: float = 5.0) -> Any:
 def _current(serving_url: str) -> str:
     body = _json(serving_url, "/v1/models/current")
     return str(body["version"]) if body else ""
+
+
+def _base(version: str) -> str:
+    """The registry version under a served or live head: "4" of "4+ftrl.7"."""
+    return version.split("+", 1)[0]
 
 
 def _plain(version: str) -> str:
