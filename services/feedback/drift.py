@@ -61,17 +61,19 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from evidently import DataDefinition, Dataset, Report
-from evidently.metrics import DriftedColumnsCount, MeanValue, ValueDrift
-from evidently.sdk.models import DashboardPanelPlot, PanelMetric
-from evidently.sdk.panels import line_plot_panel
-from evidently.ui.workspace import Workspace
 
 from models.features import tokens
+
+# Evidently is imported where a monitor needs it: importing it takes seconds (most of the feedback
+# service's start-up), and a service with drift off, or a reference still loading, does not wait for it.
+if TYPE_CHECKING:
+    from evidently import Report
+    from evidently.sdk.models import DashboardPanelPlot
+    from evidently.ui.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +314,9 @@ class DriftMonitor:
         if reference.n_components != settings.n_components:
             raise ValueError(f"the reference has {reference.n_components} PCA axes, settings say "
                              f"{settings.n_components}: build it with n_components=settings.n_components")
+        from evidently import DataDefinition, Dataset
+        from evidently.ui.workspace import Workspace
+
         self.reference = reference
         self.settings = settings
         self.workspace_dir = Path(workspace_dir)
@@ -387,6 +392,8 @@ class DriftMonitor:
             self._frames, self._rows, self._started, self.offered = [], 0, now, 0
 
     def _run(self, current: pd.DataFrame, offered: int) -> DriftResult:
+        from evidently import Dataset
+
         index, settings = self.window, self.settings
         current_data = Dataset.from_pandas(current, data_definition=self._definition)
         snapshot = _report(self.columns, settings).run(  # current first, reference second
@@ -418,6 +425,9 @@ def _report(columns: Sequence[str], settings: DriftSettings) -> Report:
     The metrics `DataDriftPreset` generates, without its extra rendering of a legacy
     drift table, which doubled the run time (3.9 s against 2.0 s for 2,000 rows).
     """
+    from evidently import Report
+    from evidently.metrics import DriftedColumnsCount, MeanValue, ValueDrift
+
     def method(column: str) -> str:
         return CAT_METHOD if column in CATEGORICAL_COLUMNS else NUM_METHOD
 
@@ -475,6 +485,9 @@ def _ensure_panels(workspace: Workspace, project_id: uuid.UUID, columns: Sequenc
 
 
 def _panels(columns: Sequence[str]) -> list[DashboardPanelPlot]:
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import line_plot_panel
+
     return [
         line_plot_panel(
             DRIFT_SHARE_PANEL, size="half", description="share of drift-tested columns that drifted, per window",

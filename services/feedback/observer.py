@@ -69,7 +69,8 @@ class Observer:
         self.outcomes: Counter[str] = Counter()
         self.last: DriftResult | None = None
         self.version = version
-        self._monitor = self._make_monitor(reference)
+        self._reference = reference
+        self._monitor: DriftMonitor | None = None  # made by the worker: Evidently takes seconds to import
         self._queue: queue.Queue[_Window | _NewReference | None] = queue.Queue(maxsize=64)
         self._last_alert = -float("inf")
         self._store: Any = None
@@ -101,6 +102,12 @@ class Observer:
                             self.drift_settings)
 
     def _run(self) -> None:
+        try:
+            if not self._closing.is_set():  # a service stopping right away need not wait for the import
+                self._monitor = self._make_monitor(self._reference)
+        except Exception:  # monitoring must never take learning down with it
+            log.exception("observer: no drift monitoring for v%d", self.version)
+            self.outcomes["failed"] += 1
         while (item := self._queue.get()) is not None:
             if self._closing.is_set():
                 self._push_left(item)
