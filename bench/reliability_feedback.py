@@ -299,19 +299,21 @@ def judged_in(state: dict[str, Any]) -> int:
 
 def ledger(state_dir: Path, prediction_ids: Collection[str], judged_before: int, judged_now: int,
            timeout: float = 30.0) -> Ledger | None:
-    """The ledger of the events for `prediction_ids`, from the newest checkpoint of the feedback service
-    with state folder `state_dir` once that has caught up with `judged_now` (its counters after settling;
-    `judged_before`: before the run sent anything). None if no checkpoint catches up within `timeout`."""
+    """The ledger of the events for `prediction_ids`, from the first checkpoint the feedback service with
+    state folder `state_dir` writes after this call that has caught up with `judged_now` (its counters
+    after settling; `judged_before`: before the run sent anything). None if none does within `timeout`."""
     from services.feedback.checkpoint import CheckpointStore
     from services.feedback.join import JoinStore
     from services.feedback.service import JOIN
 
     store = CheckpointStore(state_dir / "feedback" / "checkpoints")
     found: list[Checkpoint] = []
+    newest_at_call = store.restore().checkpoint
+    after = -1 if newest_at_call is None else newest_at_call.number
 
     def caught_up() -> bool:
         newest = store.restore().checkpoint  # may race with pruning: then an older one, and we poll again
-        if newest is not None and judged_in(newest.state) >= judged_now:
+        if newest is not None and newest.number > after and judged_in(newest.state) >= judged_now:
             found.append(newest)
             return True
         return False
@@ -346,9 +348,22 @@ def wait_for(condition: Callable[[], bool], timeout: float, every: float = 0.25)
 
 
 def settle(services: list[Feedback], feedback_records: int, timeout: float = SETTLE_TIMEOUT_S) -> bool:
-    """Until every service has read `feedback_records` feedback records and learned or dead-lettered them."""
-    return wait_for(lambda: all(feedback_read(v := metrics(s)) >= feedback_records and idle(v) for s in services),
-                    timeout)
+    """Until every service has read `feedback_records` feedback records and learned or dead-lettered them.
+
+    Twice in a row with the same counts: /metrics is read while the service works, and a reading taken
+    between a window's release from the join store and its learning shows nothing pending and the
+    window's examples not yet counted.
+    """
+    previous: list[list[float]] = []
+
+    def settled() -> bool:
+        readings = [metrics(s) for s in services]
+        counts = [[learned(v), feedback_read(v)] for v in readings]
+        done = all(feedback_read(v) >= feedback_records and idle(v) for v in readings) and counts == previous
+        previous[:] = counts if all(idle(v) for v in readings) else []
+        return done
+
+    return wait_for(settled, timeout)
 
 
 def newest_checkpoint(service: Feedback, after: int, timeout: float = 30.0) -> Checkpoint | None:
@@ -486,6 +501,8 @@ def crash_trial(stack: Stack, pair: Pair, producer: KafkaProducer, rng: random.R
     accounts = {name: ledger(s.state, sent.prediction_ids, before[name], learned(after[name]))
                 for name, s in (("steady", steady), ("victim", victim))}
     victim_account, steady_account = accounts["victim"], accounts["steady"]
+    trial.measured["ledgers"] = {name: str(account) for name, account in accounts.items()}
+    trial.measured["judged"] = {name: [before[name], learned(after[name])] for name in before}
     if victim_account is None:
         trial.notes.append("no checkpoint of the victim caught up with what it learned")
         trial.lost = len(sent.feedback_ids)

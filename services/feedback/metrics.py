@@ -59,7 +59,7 @@ class FeedbackCollector(Collector):
         pending = GaugeMetricFamily("loopline_feedback_pending", "Join store contents", labels=["kind"])
         pending.add_metric(["predictions"], len(s.store.predictions))
         pending.add_metric(["feedback_waiting"], len(s.store.waiting))
-        pending.add_metric(["joined_unreleased"], len(s.store.ready))
+        pending.add_metric(["joined_unreleased"], len(s.store.ready) + s.learning_now)  # joined, not yet learned
         yield pending
         registrations = CounterMetricFamily("loopline_feedback_registrations",
                                             "Online head registry versions and base changes", labels=["outcome"])

@@ -132,6 +132,9 @@ class FeedbackService:
         self._published: dict[int, ModelUpdate] = {}  # deltas on the base version found at start, by sequence
         self._servers: str | None = None
         self.last_window_end: float | None = None
+        # Examples released from the join store and not learned yet: /metrics reads while a window is learned,
+        # and counting them neither as pending nor as learned made a busy service look idle.
+        self.learning_now = 0
         self._save_now = False  # a base change is checkpointed at once
         self.checkpoints = CheckpointStore(settings.state_dir / "feedback" / "checkpoints", settings.checkpoints_kept)
         self.stats = Stats(Counter(), Counter(), Counter())
@@ -265,8 +268,14 @@ class FeedbackService:
             end = (math.floor(first / interval) + 1) * interval
             if end > mark or self._registration_due(end):
                 break
-            examples = self._learnable(self.store.release(end))
-            report = self.learner.learn_window(examples, end)
+            self.learning_now = len(self.store.ready)  # before the release too: a reading in between counts them
+            released = self.store.release(end)
+            self.learning_now = len(released)
+            try:
+                examples = self._learnable(released)
+                report = self.learner.learn_window(examples, end)
+            finally:
+                self.learning_now = 0
             self.last_window_end = end
             self.stats.windows[report.decision] += 1
             reports.append(report)

@@ -384,3 +384,25 @@ def test_feedback_ahead_is_paused_only_while_assigned_and_a_reassignment_resumes
     assert consumer.calls[-2:] == [("assign", [(FEEDBACK, 0), (PREDICTIONS, 0)]), ("resume", [(FEEDBACK, 0)])], \
         "the client keeps an application's pause across assignments: it must be lifted"
     assert svc.pacer.paused == set()
+
+
+def test_metrics_read_while_a_window_is_learned_count_its_examples_as_pending(settings, trained) -> None:
+    """/metrics is read from another thread: a service learning a window must not look idle (a bench that
+    waited for idle once read the counts of a restarted service in the middle of its first window)."""
+    svc = service(settings, trained)
+    registry = collector_registry(svc)
+    seen: list[tuple[float, float]] = []
+    learn_window = svc.learner.learn_window
+
+    def reading_meanwhile(examples, end):  # type: ignore[no-untyped-def]
+        text = generate_latest(registry).decode()
+        pending = next(float(line.split()[-1]) for line in text.splitlines()
+                       if line.startswith('loopline_feedback_pending{kind="joined_unreleased"}'))
+        seen.append((pending, float(len(examples))))
+        return learn_window(examples, end)
+
+    svc.learner.learn_window = reading_meanwhile  # type: ignore[method-assign]
+    feed(svc, stream(trained, n=200), {})
+    finish(svc, {})
+    assert seen and all(pending >= n for pending, n in seen), seen
+    assert generate_latest(registry).decode().count('loopline_feedback_pending{kind="joined_unreleased"} 0.0') == 1
