@@ -151,8 +151,15 @@ class Pool:
     labels: list[str]
     tails: list[bytes]  # the event's JSON after `"prediction_id":"..."`: model version, user, features, ...
 
-    def prediction(self, row: int, event_id: str, t: float, prediction_id: str) -> bytes:
-        return _event_head(PREDICTION_SCHEMA_VERSION, event_id, t, prediction_id) + self.tails[row]
+    def prediction(self, row: int, event_id: str, t: float, prediction_id: str, cycle: int = 0) -> bytes:
+        """`cycle`: which pass through the pool this is. Each pass after the first comes from other users
+        (`u00091` becomes `u00091~3`), as live traffic would: the same user sending the same request, and
+        its label noise, again every `len(pool)` events is what per-user trust rightly takes for poisoning."""
+        tail = self.tails[row]
+        if cycle:
+            user = self.user_ids[row]
+            tail = tail.replace(f'"user_id":"{user}"'.encode(), f'"user_id":"{user}~{cycle}"'.encode(), 1)
+        return _event_head(PREDICTION_SCHEMA_VERSION, event_id, t, prediction_id) + tail
 
     def feedback(self, row: int, event_id: str, t: float, prediction_id: str) -> bytes:
         return _event_head(SCHEMA_VERSION, event_id, t, prediction_id) + self._label_tails[row]
@@ -298,8 +305,8 @@ def run_feedback_load(plan: LoadPlan, counters: Counters) -> None:
         due = int((now - plan.start) * plan.rate)
         while made < due:
             pid, eid, t = new_id(), new_id(), time.time()
-            row = (offset + made) % len(pool.tails)
-            _produce(producer, PREDICTIONS, pid, pool.prediction(row, eid, t, pid), int(t * 1000))
+            cycle, row = divmod(offset + made, len(pool.tails))
+            _produce(producer, PREDICTIONS, pid, pool.prediction(row, eid, t, pid, cycle), int(t * 1000))
             pending.append((t + plan.feedback_delay, pid, row))
             made += 1
         now = time.time()
@@ -626,11 +633,11 @@ def synthetic_records(pool: Pool, rate: float, seconds: float, delay: float, t0:
 
     for ts, i, topic in heapq.merge(stream(PREDICTIONS, 0.0), stream(FEEDBACK, delay)):
         pid, pred_event, fb_event = ids[i]
-        row = i % len(pool.tails)
+        cycle, row = divmod(i, len(pool.tails))
         partition = zlib.crc32(pid.encode()) % 4
         offset = offsets[topic, partition]
         offsets[topic, partition] += 1
-        value = (pool.prediction(row, pred_event, ts, pid) if topic == PREDICTIONS else
+        value = (pool.prediction(row, pred_event, ts, pid, cycle) if topic == PREDICTIONS else
                  pool.feedback(row, fb_event, ts, pid))
         yield Record(topic, partition, offset, pid, value, ts)
 
