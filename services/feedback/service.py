@@ -384,9 +384,9 @@ class FeedbackService:
         })
         consumer.subscribe([PREDICTIONS, FEEDBACK], on_assign=self._on_assign)
         tune_gc()
-        self._start_observer()
         self._servers = servers
-        self._published = self._published_on_base()
+        self._published = self._published_on_base()  # before the observer's thread imports Evidently: seconds of CPU
+        self._start_observer()
         self.start_registrar()
         last_checkpoint = time.monotonic()
         next_champion_check = 0.0 if self.registrar is not None else math.inf
@@ -642,6 +642,8 @@ class FeedbackService:
         if self.keeper is None or not self._servers:
             return {}
         found = published_deltas(self._servers, self.settings.model_name, self.learner.base_version)
+        log.info("%d deltas on v%d already in %s (up to ftrl.%d)", len(found), self.learner.base_version,
+                 MODEL_UPDATES, max((u.sequence for u in found), default=0))
         return {u.sequence: u for u in found}
 
     def _publish(self, producer: Producer, report: WindowReport) -> str:
