@@ -69,7 +69,7 @@ import pandas as pd
 from models.features import tokens
 
 # Evidently is imported where a monitor needs it: importing it takes seconds (most of the feedback
-# service's start-up), and a service with drift off, or a reference still loading, does not wait for it.
+# service's start-up); a service with drift off never imports it, and the observer's thread does otherwise.
 if TYPE_CHECKING:
     from evidently import Report
     from evidently.sdk.models import DashboardPanelPlot
