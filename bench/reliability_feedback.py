@@ -306,25 +306,16 @@ def ledger(state_dir: Path, prediction_ids: Collection[str], judged_before: int,
     from services.feedback.join import JoinStore
     from services.feedback.service import JOIN
 
-    store = CheckpointStore(state_dir / "feedback" / "checkpoints")
-    found: list[Checkpoint] = []
-    newest_at_call = store.restore().checkpoint
+    newest_at_call = CheckpointStore(state_dir / "feedback" / "checkpoints").restore().checkpoint
     after = -1 if newest_at_call is None else newest_at_call.number
-
-    def caught_up() -> bool:
-        newest = store.restore().checkpoint  # may race with pruning: then an older one, and we poll again
-        if newest is not None and newest.number > after and judged_in(newest.state) >= judged_now:
-            found.append(newest)
-            return True
-        return False
-
-    if not wait_for(caught_up, timeout):
+    found = newest_checkpoint(state_dir, after, timeout, lambda c: judged_in(c.state) >= judged_now)
+    if found is None:
         return None
-    join = JoinStore.from_bytes(found[-1].files[JOIN])
+    join = JoinStore.from_bytes(found.files[JOIN])
     unreleased = {j.prediction.prediction_id for j in join.ready}
     wanted = set(prediction_ids)
     joined = sum(1 for pid in join.labeled if pid in wanted and pid not in unreleased)
-    return Ledger(len(wanted), joined, judged_in(found[-1].state) - judged_before)
+    return Ledger(len(wanted), joined, judged_in(found.state) - judged_before)
 
 
 def feedback_read(values: dict[str, float]) -> int:
@@ -366,16 +357,18 @@ def settle(services: list[Feedback], feedback_records: int, timeout: float = SET
     return wait_for(settled, timeout)
 
 
-def newest_checkpoint(service: Feedback, after: int, timeout: float = 30.0) -> Checkpoint | None:
-    """The service's newest checkpoint once its number is above `after` (one written after settling)."""
+def newest_checkpoint(state_dir: Path, after: int, timeout: float = 30.0,
+                      wanted: Callable[[Checkpoint], bool] = lambda _: True) -> Checkpoint | None:
+    """The newest checkpoint of the feedback service with state folder `state_dir` once its number is above
+    `after` (one written after settling) and it is `wanted`."""
     from services.feedback.checkpoint import CheckpointStore
 
-    store = CheckpointStore(service.state / "feedback" / "checkpoints")
+    store = CheckpointStore(state_dir / "feedback" / "checkpoints")
     found: list[Checkpoint] = []
 
     def written() -> bool:
         restored = store.restore().checkpoint  # may race with pruning: then an older one, and we poll again
-        if restored is not None and restored.number > after:
+        if restored is not None and restored.number > after and wanted(restored):
             found.append(restored)
             return True
         return False
@@ -512,7 +505,7 @@ def crash_trial(stack: Stack, pair: Pair, producer: KafkaProducer, rng: random.R
     if steady_account is None or steady_account.lost or steady_account.twice:
         trial.notes.append(f"the steady service is no reference: {steady_account}")
 
-    states = [newest_checkpoint(s, int(after[name].get("loopline_feedback_checkpoint", 0)))
+    states = [newest_checkpoint(s.state, int(after[name].get("loopline_feedback_checkpoint", 0)))
               for name, s in (("steady", steady), ("victim", victim))]
     if states[0] is None or states[1] is None:
         trial.notes.append("no checkpoint written after settling")
