@@ -100,7 +100,8 @@ def serve_metrics(service: FeedbackService, port: int, token: str | None = None,
                 learner = service.learner
                 self._json(200, {"status": "ok", "version": f"{learner.base_version}+ftrl.{learner.sequence}",
                                  "checkpoint": service.checkpoint_number,
-                                 "checkpoints_skipped": service.problems})
+                                 "checkpoints_skipped": service.problems,
+                                 "drift": service.observer.drift if service.observer is not None else "starting"})
             else:
                 self._json(404, {"detail": "not found: GET /metrics, GET /healthz, POST /promote"})
 

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -71,6 +71,8 @@ class Observer:
         self.version = version
         self._reference = reference
         self._monitor: DriftMonitor | None = None  # made by the worker: Evidently takes seconds to import
+        # /healthz shows it: the drift project appears in the workspace only once this is "on".
+        self.drift: Literal["starting", "on", "off", "failed"] = "starting"
         self._queue: queue.Queue[_Window | _NewReference | None] = queue.Queue(maxsize=64)
         self._last_alert = -float("inf")
         self._store: Any = None
@@ -96,25 +98,33 @@ class Observer:
         self._thread.join(timeout)
 
     def _make_monitor(self, reference: Reference | None) -> DriftMonitor | None:
+        """The monitor for this reference; None with drift off, or when it cannot be made (logged)."""
         if reference is None or not self.settings.drift:
+            self.drift = "off"
             return None
-        return DriftMonitor(reference, self.settings.state_dir / "evidently", self.settings.model_name,
-                            self.drift_settings)
-
-    def _run(self) -> None:
+        self.drift = "starting"
         try:
-            if not self._closing.is_set():  # a service stopping right away need not wait for the import
-                self._monitor = self._make_monitor(self._reference)
+            monitor = DriftMonitor(reference, self.settings.state_dir / "evidently", self.settings.model_name,
+                                   self.drift_settings)
         except Exception:  # monitoring must never take learning down with it
             log.exception("observer: no drift monitoring for v%d", self.version)
+            self.drift = "failed"
             self.outcomes["failed"] += 1
+            return None
+        self.drift = "on"
+        return monitor
+
+    def _run(self) -> None:
+        if not self._closing.is_set():  # a service stopping right away need not wait for the import
+            self._monitor = self._make_monitor(self._reference)
         while (item := self._queue.get()) is not None:
             if self._closing.is_set():
                 self._push_left(item)
                 return
             try:
                 if isinstance(item, _NewReference):
-                    self.version, self._monitor = item.version, self._make_monitor(item.reference)
+                    self.version, self._monitor = item.version, None  # the old one's reference no longer fits
+                    self._monitor = self._make_monitor(item.reference)
                     continue
                 if item.stats:
                     self._push(item.stats)

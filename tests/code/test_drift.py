@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from services.feedback.drift import (
     drift_frame,
     feature_columns,
 )
+from services.feedback.observer import Observer
+from services.feedback.settings import FeedbackSettings
 
 DIM = 16
 REFERENCE_ROWS = 3_000
@@ -297,3 +300,24 @@ def test_settings_are_checked(reference: Reference, tmp_path: Path) -> None:
 def _head(rows: Rows, n: int) -> Rows:
     return Rows(rows.texts[:n], rows.embeddings[:n], rows.predicted[:n], rows.confidence[:n], rows.users[:n],
                 rows.correct[:n])
+
+
+def test_the_observer_says_whether_drift_monitoring_is_on(tmp_path: Path, reference: Reference,
+                                                         batches: dict[str, Rows]) -> None:
+    """What the feedback service's /healthz reports as "drift": the project is in the workspace once "on"."""
+    settings = FeedbackSettings(state_dir=tmp_path, model_name="loopline-test")
+
+    def settled(reference: Reference | None, settings: FeedbackSettings = settings) -> str:
+        observer = Observer(settings, reference, version=1)
+        deadline = time.monotonic() + 60
+        while observer.drift == "starting" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        observer.close()
+        return observer.drift
+
+    assert settled(reference) == "on"
+    assert Workspace(str(tmp_path / "evidently")).search_project("loopline-test")
+    assert settled(None) == "off"
+    assert settled(reference, settings.model_copy(update={"drift": False})) == "off"
+    two_axes = build_reference(*batches["reference"].args(), n_components=2, max_rows=REFERENCE_ROWS)
+    assert settled(two_axes) == "failed"  # it does not fit the monitor's 3 axes

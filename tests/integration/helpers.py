@@ -12,13 +12,13 @@ from kafka.structs import TopicPartition
 from infra.broker import DEFAULT_PARTITIONS, PREDICTIONS
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
-    """Poll `condition` until it holds or `timeout` passes; returns its last value."""
+def wait_until(condition: Callable[[], bool], timeout: float = 15.0, every: float = 0.02) -> bool:
+    """Poll `condition` every `every` seconds until it holds or `timeout` passes; returns its last value."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() >= deadline:
             return False
-        time.sleep(0.02)
+        time.sleep(every)
     return True
 
 

@@ -147,9 +147,13 @@ def test_a_second_up_starts_serving_and_feedback_once_there_is_a_champion(
         assert answer.json()["model_version"].startswith("1")
         feedback = httpx.get(f"{stack.parts['feedback'].url}/healthz", timeout=5).json()
         assert feedback["version"].startswith("1+ftrl.")
-        # The UI shows the drift project the feedback service writes into the shared workspace.
+        # The UI shows the drift project the feedback service writes into the shared workspace, once the
+        # service's observer has imported Evidently and made it (a minute and more on a loaded 2-core machine).
+        health = f"{stack.parts['feedback'].url}/healthz"
+        assert wait_until(lambda: httpx.get(health, timeout=5).json()["drift"] != "starting", 300, every=1)
+        assert httpx.get(health, timeout=5).json()["drift"] == "on"
         projects = f"{stack.parts['evidently'].url}/api/projects"
-        assert wait_until(lambda: stack.model_name in httpx.get(projects, timeout=5).text, 60)
+        assert wait_until(lambda: stack.model_name in httpx.get(projects, timeout=5).text, 30)
         assert loopline("status", "--state-dir", str(state)).returncode == 0
 
         # Admin actions need a token: `up` made one, and `loopline promote` finds it through `status --env`.
