@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Callable
 
+import httpx
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
@@ -20,6 +21,16 @@ def wait_until(condition: Callable[[], bool], timeout: float = 15.0, every: floa
             return False
         time.sleep(every)
     return True
+
+
+def drift_state(feedback_url: str, timeout: float = 300.0) -> str:
+    """The feedback service's drift monitoring once it is past "starting": its observer imports Evidently
+    and makes the drift project first, which takes a minute and more on a loaded 2-core machine."""
+    def state() -> str:
+        return str(httpx.get(f"{feedback_url}/healthz", timeout=5).json()["drift"])
+
+    wait_until(lambda: state() != "starting", timeout, every=1)
+    return state()
 
 
 def read_events(broker: str, keys: set[str], timeout: float = 20.0, topic: str = PREDICTIONS

@@ -39,7 +39,7 @@ from services.common.features import materialize, open_store
 from services.common.registry import Registry
 from services.common.settings import CommonSettings
 from tests.conftest import TinyModel
-from tests.integration.helpers import wait_until
+from tests.integration.helpers import drift_state, wait_until
 from tests.integration.stack import register
 
 pytestmark = pytest.mark.slow
@@ -161,6 +161,7 @@ def test_the_evidently_dashboard_and_the_mlflow_registry_show_loopline_in_chromi
     model = stack.model_name
     evidently, mlflow = stack.parts["evidently"].url, stack.parts["mlflow"].url
 
+    assert drift_state(stack.parts["feedback"].url) == "on"
     converse(stack.parts["serving"].url, stack.parts["broker"].url, n_events=DRIFT_WINDOW_EVENTS + 60)
     assert wait_until(lambda: drift_windows(stack) >= 1, 90), "the feedback service ran no drift window"
 

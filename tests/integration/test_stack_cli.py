@@ -21,7 +21,7 @@ from services.common.features import materialize, open_store
 from services.common.registry import Registry
 from services.common.settings import CommonSettings
 from tests.conftest import TinyModel
-from tests.integration.helpers import wait_until
+from tests.integration.helpers import drift_state, wait_until
 from tests.integration.stack import bin_command, register
 
 
@@ -149,9 +149,7 @@ def test_a_second_up_starts_serving_and_feedback_once_there_is_a_champion(
         assert feedback["version"].startswith("1+ftrl.")
         # The UI shows the drift project the feedback service writes into the shared workspace, once the
         # service's observer has imported Evidently and made it (a minute and more on a loaded 2-core machine).
-        health = f"{stack.parts['feedback'].url}/healthz"
-        assert wait_until(lambda: httpx.get(health, timeout=5).json()["drift"] != "starting", 300, every=1)
-        assert httpx.get(health, timeout=5).json()["drift"] == "on"
+        assert drift_state(stack.parts["feedback"].url) == "on"
         projects = f"{stack.parts['evidently'].url}/api/projects"
         assert wait_until(lambda: stack.model_name in httpx.get(projects, timeout=5).text, 30)
         assert loopline("status", "--state-dir", str(state)).returncode == 0
