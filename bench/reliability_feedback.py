@@ -277,11 +277,14 @@ class Ledger:
     ids are remembered for `LOOPLINE_PREDICTION_TTL_S`, an hour, longer than any run here), and
     `judged` is how much the service's judged count rose, which rises once per judging. Sent
     events not joined are lost; judgings beyond the events joined were of an event again.
+    Without a checkpoint to read (`read` False) nothing can be vouched for: every event sent
+    counts as lost.
     """
 
     sent: int
     joined: int
     judged: int
+    read: bool = True
 
     @property
     def lost(self) -> int:
@@ -298,10 +301,11 @@ def judged_in(state: dict[str, Any]) -> int:
 
 
 def ledger(state_dir: Path, prediction_ids: Collection[str], judged_before: int, judged_now: int,
-           timeout: float = 30.0) -> Ledger | None:
+           timeout: float = 30.0) -> Ledger:
     """The ledger of the events for `prediction_ids`, from the first checkpoint the feedback service with
     state folder `state_dir` writes after this call that has caught up with `judged_now` (its counters
-    after settling; `judged_before`: before the run sent anything). None if none does within `timeout`."""
+    after settling; `judged_before`: before the run sent anything). Not `read` if none does within
+    `timeout`."""
     from services.feedback.checkpoint import CheckpointStore
     from services.feedback.join import JoinStore
     from services.feedback.service import JOIN
@@ -310,7 +314,7 @@ def ledger(state_dir: Path, prediction_ids: Collection[str], judged_before: int,
     after = -1 if newest_at_call is None else newest_at_call.number
     found = newest_checkpoint(state_dir, after, timeout, lambda c: judged_in(c.state) >= judged_now)
     if found is None:
-        return None
+        return Ledger(len(set(prediction_ids)), 0, 0, read=False)
     join = JoinStore.from_bytes(found.files[JOIN])
     unreleased = {j.prediction.prediction_id for j in join.ready}
     wanted = set(prediction_ids)
@@ -496,13 +500,11 @@ def crash_trial(stack: Stack, pair: Pair, producer: KafkaProducer, rng: random.R
     victim_account, steady_account = accounts["victim"], accounts["steady"]
     trial.measured["ledgers"] = {name: str(account) for name, account in accounts.items()}
     trial.measured["judged"] = {name: [before[name], learned(after[name])] for name in before}
-    if victim_account is None:
+    if not victim_account.read:
         trial.notes.append("no checkpoint of the victim caught up with what it learned")
-        trial.lost = len(sent.feedback_ids)
-    else:
-        trial.lost, trial.twice = victim_account.lost, victim_account.twice
+    trial.lost, trial.twice = victim_account.lost, victim_account.twice
     # The steady service is the reference only if it learned every event sent once (no dead letters here).
-    if steady_account is None or steady_account.lost or steady_account.twice:
+    if steady_account.lost or steady_account.twice:
         trial.notes.append(f"the steady service is no reference: {steady_account}")
 
     states = [newest_checkpoint(s.state, int(after[name].get("loopline_feedback_checkpoint", 0)))
@@ -688,11 +690,9 @@ def pause_trial(stack: Stack, service: Feedback, pause_s: float, seed: int) -> T
     # Every feedback event here is for a prediction serving answered: one not learned is lost, whatever
     # the dead letter says (`unmatched` when serving's log dropped its prediction during the pause).
     account = ledger(service.state, sent.prediction_ids, learned(before), learned(metrics(service)))
-    if account is None:
+    if not account.read:
         trial.notes.append("no checkpoint caught up with what the service learned")
-        trial.lost = len(mine)
-    else:
-        trial.lost, trial.twice = account.lost, account.twice
+    trial.lost, trial.twice = account.lost, account.twice
     drops = {k: v - drops_before.get(k, 0.0) for k, v in serving_drops(stack).items()}
     trial.measured |= {"learned": gained, "dead_lettered": dict(Counter(reasons.values())),
                        "duplicate_copies_refused": copies,
@@ -783,8 +783,8 @@ def malformed_events(stack: Stack, pair: Pair, seed: int = 5) -> Outcome:
     gained = learned(metrics(pair.steady)) - before
     good_letters = sum(len(reasons.get(g.where, [])) for g in good_sent)
     account = ledger(pair.steady.state, good_ids, before, learned(metrics(pair.steady)))
-    lost = sum(not reasons.get(b.where) for b in bad) + (len(good_sent) if account is None else account.lost)
-    twice = sum(max(0, len(reasons.get(b.where, [])) - len(services)) for b in bad) + (account.twice if account else 0)
+    lost = sum(not reasons.get(b.where) for b in bad) + account.lost
+    twice = sum(max(0, len(reasons.get(b.where, [])) - len(services)) for b in bad) + account.twice
     detail = (f"{len(bad)} malformed events ({len({b.topic for b in bad})} topics) among {len(good_sent)} good "
               f"feedback events, {len(services)} feedback services: dead-lettered with the expected reason by each "
               f"{len(bad) - len(wrong)}; good events learned {gained}, dead-lettered {good_letters}")

@@ -241,8 +241,7 @@ def drain(stack: Stack, traffic: Traffic, timeout: float = 90.0) -> dict[str, An
     dead = {key.split('"')[1]: value for key, value in metrics.items()
             if key.startswith("loopline_feedback_dead_letters_total{")}
     return {"learned": learned(metrics), "sent_not_learned": traffic.sent - learned(metrics),
-            "lost": traffic.sent if account is None else account.lost,
-            "applied_twice": 0 if account is None else account.twice,
+            "lost": account.lost, "applied_twice": account.twice,
             "dead_letters": dead, "registrations": registrations, "live_head": live,
             "served": _current(stack.serving.url), "serving_has_live_head": caught_up,
             "serving_gaps": _metrics(stack.serving.url).get('loopline_model_updates{outcome="gap"}', 0.0)}

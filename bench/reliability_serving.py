@@ -522,7 +522,7 @@ def soak(serving: Serving, feedback: Feedback, duration_s: float, *, rate: float
         plot_rss(series, plot, duration_s, requests, rate)
     # Honest feedback per-user trust withheld (an unlucky run of corrections): not an error, but bounded.
     withheld = after["untrusted"] - before["untrusted"]
-    lost, twice = (len(sent), 0) if account is None else (account.lost, account.twice)
+    lost, twice = account.lost, account.twice
     held = (bounded and consumed and failed == 0 and not any(errors.values()) and not lost and not twice
             and withheld <= TRUST_SPARES * len(sent))
     detail = "; ".join(f"{name} RSS {g['first_mb']:.0f} -> {g['last_mb']:.0f} MB ({g['growth_mb']:+.1f} MB, "
@@ -530,7 +530,7 @@ def soak(serving: Serving, feedback: Feedback, duration_s: float, *, rate: float
                        f"{growth_bound_mb:.0f})" for name, g in growth.items())
     detail = (f"{duration_s / 60:.1f} min, {requests} requests, {len(sent)} feedback events; {detail}; medians of "
               f"the first and last {window:.0f} s; errors {errors}; {withheld:.0f} withheld as untrusted_user; "
-              f"{account or 'no checkpoint caught up'}" + ("" if consumed else "; feedback not all judged"))
+              f"{account}" + ("" if consumed else "; feedback not all judged"))
     return Outcome(f"soak: predict + feedback for {duration_s / 60:.0f} min", 1, int(held), lost, twice,
                    failed + int(errors["serving_5xx"]), detail,
                    {"growth": growth, "errors": errors, "requests": requests, "feedback_sent": len(sent),

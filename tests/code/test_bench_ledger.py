@@ -57,10 +57,11 @@ def test_joined_but_not_yet_released_is_not_yet_judged(bench: ModuleType, tmp_pa
 def test_only_a_checkpoint_written_after_the_call_that_caught_up_counts(bench: ModuleType, tmp_path: Path) -> None:
     checkpoint(tmp_path, ["p0"], [], examples=1, untrusted=0, delay_s=0)
     time.sleep(0.3)
-    assert bench.ledger(tmp_path, ["p0"], judged_before=0, judged_now=1, timeout=0.5) is None, "written before"
+    unread = bench.ledger(tmp_path, ["p0"], judged_before=0, judged_now=1, timeout=0.5)
+    assert not unread.read and (unread.lost, unread.twice) == (1, 0), "written before: nothing vouched for"
     checkpoint(tmp_path, ["p0"], [], examples=1, untrusted=0, number=2)
-    assert bench.ledger(tmp_path, ["p0"], judged_before=0, judged_now=2, timeout=0.5) is None, "behind the counters"
+    assert not bench.ledger(tmp_path, ["p0"], judged_before=0, judged_now=2, timeout=0.5).read, "behind the counters"
     checkpoint(tmp_path, ["p0", "p1"], [], examples=2, untrusted=0, number=3)
     account = bench.ledger(tmp_path, ["p0", "p1"], judged_before=0, judged_now=2, timeout=5)
-    assert (account.lost, account.twice) == (0, 0)
-    assert bench.ledger(tmp_path / "elsewhere", ["p0"], judged_before=0, judged_now=0, timeout=0.3) is None
+    assert account.read and (account.lost, account.twice) == (0, 0)
+    assert not bench.ledger(tmp_path / "elsewhere", ["p0"], judged_before=0, judged_now=0, timeout=0.3).read
