@@ -261,10 +261,12 @@ def metrics(service: Feedback) -> dict[str, float]:
 
 
 def learned(values: dict[str, float]) -> int:
-    """Feedback events joined and judged: learned (or held back), or withheld from a user trust no longer
-    vouches for; either way accounted for, once."""
-    return int(values.get("loopline_feedback_examples_total", 0)
-               + values.get('loopline_feedback_dead_letters_total{reason="untrusted_user"}', 0))
+    """Feedback events joined and judged: learned (or held back), or withheld by per-user trust (a user it
+    no longer vouches for, a correction repeated); either way accounted for, once."""
+    from services.common.events import WITHHELD_REASONS
+
+    return int(values.get("loopline_feedback_examples_total", 0) + sum(
+        values.get(f'loopline_feedback_dead_letters_total{{reason="{reason}"}}', 0) for reason in WITHHELD_REASONS))
 
 
 @dataclass(frozen=True)
@@ -297,7 +299,9 @@ class Ledger:
 
 def judged_in(state: dict[str, Any]) -> int:
     """`learned` as a checkpoint's state records it."""
-    return int(state["progress"]["examples"] + state["dead_letters"].get("untrusted_user", 0))
+    from services.common.events import WITHHELD_REASONS
+
+    return int(state["progress"]["examples"] + sum(state["dead_letters"].get(r, 0) for r in WITHHELD_REASONS))
 
 
 def ledger(state_dir: Path, prediction_ids: Collection[str], judged_before: int, judged_now: int,

@@ -521,7 +521,7 @@ def soak(serving: Serving, feedback: Feedback, duration_s: float, *, rate: float
     if plot is not None:
         plot_rss(series, plot, duration_s, requests, rate)
     # Honest feedback per-user trust withheld (an unlucky run of corrections): not an error, but bounded.
-    withheld = after["untrusted"] - before["untrusted"]
+    withheld = after["withheld"] - before["withheld"]
     lost, twice = account.lost, account.twice
     held = (bounded and consumed and failed == 0 and not any(errors.values()) and not lost and not twice
             and withheld <= TRUST_SPARES * len(sent))
@@ -529,7 +529,7 @@ def soak(serving: Serving, feedback: Feedback, duration_s: float, *, rate: float
                        f"{g['growth_pct']:+.1f}%; second half {g['second_half_mb']:+.1f} MB, bound "
                        f"{growth_bound_mb:.0f})" for name, g in growth.items())
     detail = (f"{duration_s / 60:.1f} min, {requests} requests, {len(sent)} feedback events; {detail}; medians of "
-              f"the first and last {window:.0f} s; errors {errors}; {withheld:.0f} withheld as untrusted_user; "
+              f"the first and last {window:.0f} s; errors {errors}; {withheld:.0f} withheld by per-user trust; "
               f"{account}" + ("" if consumed else "; feedback not all judged"))
     return Outcome(f"soak: predict + feedback for {duration_s / 60:.0f} min", 1, int(held), lost, twice,
                    failed + int(errors["serving_5xx"]), detail,
@@ -541,13 +541,16 @@ def soak(serving: Serving, feedback: Feedback, duration_s: float, *, rate: float
 def soak_counters(serving: Serving, feedback: Feedback) -> dict[str, float]:
     import httpx
 
+    from services.common.events import WITHHELD_REASONS
+
     serving_text = httpx.get(f"{serving.url}/metrics", timeout=10).text
     feedback_text = httpx.get(f"{feedback.process.url}/metrics", timeout=10).text
+    withheld = "|".join(WITHHELD_REASONS)
     return {
         "serving_5xx": metric_sum(serving_text, r'loopline_requests_total\{[^}]*status="5\d\d"'),
         "log_dropped": metric_sum(serving_text, r"loopline_prediction_log_dropped\{"),
-        "dead_letters": metric_sum(feedback_text, r'loopline_feedback_dead_letters_total\{(?!reason="untrusted_user")'),
-        "untrusted": metric_sum(feedback_text, r'loopline_feedback_dead_letters_total\{reason="untrusted_user"'),
+        "dead_letters": metric_sum(feedback_text, rf'loopline_feedback_dead_letters_total\{{(?!reason="({withheld})")'),
+        "withheld": metric_sum(feedback_text, rf'loopline_feedback_dead_letters_total\{{reason="({withheld})"'),
         "feedback_records": metric_sum(feedback_text, r'loopline_feedback_records_total\{topic="feedback"\}'),
     }
 
@@ -675,7 +678,7 @@ def label_flip_flood(serving: Serving, feedback: Feedback, *, events: int = 2_00
     published = windows_after["published"] - at_onset["published"]
     worst = min(heads, default=champion)
     worst_after_onset = min(heads[len(heads) - int(published):], default=champion)
-    withheld = untrusted_event_ids(serving, f"flood-{seed}-")
+    withheld = withheld_event_ids(serving, f"flood-{seed}-")
     poisoned = {f"flood-{seed}-{i}" for i in np.flatnonzero(flood["poisoned"].to_numpy())}
     poisoned_withheld, clean_withheld = len(withheld & poisoned), len(withheld - poisoned)
     trusted_well = (poisoned_withheld >= TRUST_CATCHES * len(poisoned)
@@ -695,12 +698,15 @@ def label_flip_flood(serving: Serving, feedback: Feedback, *, events: int = 2_00
                     "clean_withheld": clean_withheld})
 
 
-def untrusted_event_ids(serving: Serving, prefix: str) -> set[str]:
-    """Event ids of the feedback on feedback-dlq as `untrusted_user` whose id starts with `prefix`."""
+def withheld_event_ids(serving: Serving, prefix: str) -> set[str]:
+    """Event ids of the feedback per-user trust withheld (on feedback-dlq as `untrusted_user` or
+    `repeated_correction`) whose id starts with `prefix`."""
     from reliability_feedback import letter_event_id, read_dead_letters
 
+    from services.common.events import WITHHELD_REASONS
+
     ids = (letter_event_id(x) for x in read_dead_letters(serving.settings.kafka_bootstrap_servers or "")
-           if x.reason == "untrusted_user")
+           if x.reason in WITHHELD_REASONS)
     return {i for i in ids if i is not None and i.startswith(prefix)}
 
 

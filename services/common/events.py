@@ -114,7 +114,10 @@ class FeedbackEvent(Event):
 
 DeadLetterReason = Literal["invalid_json", "wrong_schema", "unknown_label", "duplicate", "unmatched",
                            "already_labeled", "too_large", "stale_model", "far_future",
-                           "untrusted_user"]
+                           "untrusted_user", "repeated_correction"]
+# Valid feedback, joined and judged, that per-user trust chose not to learn: every feedback event the service
+# judged was either learned (progressive examples) or dead-lettered with one of these.
+WITHHELD_REASONS: tuple[DeadLetterReason, ...] = ("untrusted_user", "repeated_correction")
 
 
 class DeadLetter(Event):

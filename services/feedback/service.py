@@ -318,9 +318,13 @@ class FeedbackService:
                 self._dead(rejected_letter(Rejected(
                     joined.feedback, "unknown_label", f"v{self.learner.base_version} has no intent "
                     f"{joined.feedback.label!r}")))
-            elif (user := joined.prediction.user_id) is not None and not (
-                    verdict := self.trust.judge(user, joined.feedback.label != joined.prediction.intent,
-                                                joined.prediction.confidence)).trusted:
+            elif (user := joined.prediction.user_id) is None:
+                keep.append(joined)
+            elif (verdict := self.trust.judge(user, joined.feedback.label != joined.prediction.intent,
+                                              joined.prediction.confidence,
+                                              (joined.prediction.text, joined.feedback.label))).repeated:
+                self._dead(rejected_letter(Rejected(joined.feedback, "repeated_correction", verdict.describe(user))))
+            elif not verdict.trusted:
                 distrusted[user] = verdict.describe(user)
                 self._dead(rejected_letter(Rejected(joined.feedback, "untrusted_user", distrusted[user])))
             else:

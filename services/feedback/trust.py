@@ -19,6 +19,13 @@ model serves badly has less confident answers and so a higher expected count: th
 corrections are not mistaken for an attack, as they were when every user was held to
 one population rate.
 
+A user who sends the same correction again (the same request, casefolded, corrected to
+the same intent within their last `history` events) is counted once: the repeat is not
+learned and does not enter the record. Someone asking the same thing every day and
+correcting the same confident answer each time is one piece of evidence, not twenty
+(counted each time, such a user was withheld as an attacker); and one user repeating a
+flipped label cannot push the model further by repetition.
+
 Decisions are taken in the order examples are released, from state that is part of
 the checkpoint, so a replay decides the same. A user's first few flipped labels look
 like ordinary corrections and are learned; from then on their feedback is withheld,
@@ -28,10 +35,12 @@ and their earlier held-back examples leave the set the gate judges by.
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.special import pdtrc
@@ -45,7 +54,7 @@ VOTERS = 2_000  # the most recently seen users vote: the calibration costs the s
 
 @dataclass(frozen=True)
 class TrustSettings:
-    alpha: float = 3e-3  # 0: trust everyone
+    alpha: float = 3e-3  # 0: trust everyone, repeats included
     history: int = 20
     max_users: int = 500_000
 
@@ -57,8 +66,12 @@ class Verdict:
     run: int
     expected: float  # disagreements expected in that run
     p_value: float
+    repeated: bool = False  # the same correction is in the user's record: counted once, not learned again
 
     def describe(self, user: str) -> str:
+        if self.repeated:
+            return (f"user {user} already sent this correction (same request, same intent) within their last "
+                    f"{self.run} feedback events: one user's correction of a request counts once")
         return (f"user {user} disagreed with the served intent on {self.disagreed} of their last {self.run} "
                 f"feedback events where {self.expected:.2f} were expected (p={self.p_value:.1e})")
 
@@ -69,6 +82,8 @@ class _Record:
     expected: bytes = b""  # per event, newest first: round(255 * P(disagree))
     n: int = 0
     trusted: bool = True  # the last verdict
+    seen: int = 0  # events in the record ever (n stops at `history`)
+    corrections: dict[str, int] = field(default_factory=dict)  # fingerprint -> `seen` when it was sent
 
 
 class UserTrust:
@@ -86,14 +101,23 @@ class UserTrust:
         self.calibration = (max(CALIBRATION_FLOOR, statistics.median(ratios))
                             if len(ratios) >= MIN_VOTERS else None)
 
-    def judge(self, user: str, disagreed: bool, confidence: float) -> Verdict:
-        """Add one feedback event (on an answer given with `confidence`) to the user's record and say
-        whether their feedback is learned now."""
+    def judge(self, user: str, disagreed: bool, confidence: float,
+              correction: tuple[str, str] | None = None) -> Verdict:
+        """Add one feedback event (on an answer given with `confidence`; `correction`: the request's text and
+        the intent the user meant) to the user's record and say whether their feedback is learned now."""
         record = self.records.pop(user, None) or _Record()
         self.records[user] = record
         if len(self.records) > self.settings.max_users:
             del self.records[next(iter(self.records))]
         history = self.settings.history
+        if disagreed and correction is not None and self.settings.alpha > 0:
+            key = _fingerprint(*correction)
+            record.corrections = {k: at for k, at in record.corrections.items() if at > record.seen - history}
+            if key in record.corrections:
+                return Verdict(record.trusted, 0, record.seen - record.corrections[key] + 1, 0.0, 1.0,
+                               repeated=True)
+            record.corrections[key] = record.seen + 1
+        record.seen += 1
         record.bits = ((record.bits << 1) | int(disagreed)) & ((1 << history) - 1)
         chance = min(max(1.0 - confidence, MIN_EXPECTED), 1.0)
         record.expected = (bytes([round(255 * chance)]) + record.expected)[:history]
@@ -114,8 +138,8 @@ class UserTrust:
 
     def to_bytes(self) -> bytes:
         return json.dumps({"calibration": self.calibration, "records": [
-            [u, r.bits, base64.b64encode(r.expected).decode(), r.n, r.trusted] for u, r in self.records.items()]}
-                          ).encode()
+            [u, r.bits, base64.b64encode(r.expected).decode(), r.n, r.trusted, r.seen, r.corrections]
+            for u, r in self.records.items()]}).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, settings: TrustSettings | None = None) -> UserTrust:
@@ -124,10 +148,22 @@ class UserTrust:
         if "calibration" not in state:  # the first format (no expected counts): records build up again
             return trust
         trust.calibration = state["calibration"]
-        trust.records = {str(u): _Record(int(b), base64.b64decode(e), int(n), bool(t))
-                         for u, b, e, n, t in state["records"]}
+        trust.records = {str(row[0]): _record(row) for row in state["records"]}
         return trust
 
 
 def _expected(chances: bytes) -> float:
     return max(sum(chances) / 255, MIN_EXPECTED)
+
+
+def _record(row: list[Any]) -> _Record:
+    record = _Record(int(row[1]), base64.b64decode(row[2]), int(row[3]), bool(row[4]))
+    if len(row) > 5:  # the second format had no corrections: its records start collecting them now
+        record.seen, record.corrections = int(row[5]), {str(k): int(at) for k, at in row[6].items()}
+    return record
+
+
+def _fingerprint(text: str, label: str) -> str:
+    """The same correction: the request's words (casefolded, spaces collapsed) and the intent meant."""
+    words = " ".join(text.casefold().split())
+    return hashlib.blake2b(f"{words}\x00{label}".encode(), digest_size=8).hexdigest()

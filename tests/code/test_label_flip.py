@@ -10,7 +10,7 @@ the tiny head's):
 | defence                      | poisoned let in | honest withheld | clean accuracy after | worst head |
 | ---------------------------- | --------------- | --------------- | -------------------- | ---------- |
 | gate alone                   | 655 of 655      | 0               | 0.861                | 0.861      |
-| trust (by confidence) + gate | 251 of 655      | 0               | 0.948                | 0.885      |
+| trust (by confidence) + gate | 255 of 655      | 0               | 0.948                | 0.885      |
 | trust (one population rate)  | 200 of 655      | 2               | 0.949                | 0.885      |
 
 Clean accuracy was 0.885 before the stream.
@@ -18,7 +18,9 @@ Clean accuracy was 0.885 before the stream.
 A user's first flipped labels look like ordinary corrections, so some poisoned
 examples are learned before the verdict; the honest corrections learned next to them
 outweigh them. Honest feedback withheld on stable traffic: 0 of 3,000 (9 when every
-user was held to one population rate); under `new_phrasing` drift: 0 (38).
+user was held to one population rate); under `new_phrasing` drift: 0 (38). A user's
+repeat of a correction they already sent is counted once (`repeated_correction`):
+3 events in the flood, 1 on stable traffic, 3 under drift.
 """
 
 from __future__ import annotations
@@ -35,7 +37,14 @@ import pytest
 from models.catalog import INTENTS
 from models.traffic import TrafficConfig, generate
 from models.train import featurize
-from services.common.events import FEEDBACK, PREDICTIONS, FeedbackEvent, LoggedFeatures, PredictionEvent
+from services.common.events import (
+    FEEDBACK,
+    PREDICTIONS,
+    WITHHELD_REASONS,
+    FeedbackEvent,
+    LoggedFeatures,
+    PredictionEvent,
+)
 from services.feedback.intake import Record
 from services.feedback.learner import WindowReport
 from services.feedback.service import FeedbackService
@@ -115,9 +124,12 @@ class Run:
         self.after = clean.accuracy(self.svc)
         self.heads.append(self.after)
         letters = self.svc.take_letters()
-        assert {x.reason for x in letters} <= {"untrusted_user"}, "nothing else is wrong with this stream"
-        self.withheld = [json.loads(base64.b64decode(x.value))["event_id"] for x in letters]
-        self.details = [x.detail for x in letters]
+        assert {x.reason for x in letters} <= set(WITHHELD_REASONS), "nothing else is wrong with this stream"
+        untrusted = [x for x in letters if x.reason == "untrusted_user"]
+        self.withheld = [json.loads(base64.b64decode(x.value))["event_id"] for x in untrusted]
+        self.details = [x.detail for x in untrusted]
+        # A user's correction sent again: counted once (its first copy was judged like any other).
+        self.repeated = [json.loads(base64.b64decode(x.value))["event_id"] for x in letters if x not in untrusted]
         poisoned = dict(zip([f"{ID_PREFIX}-{i}" for i in range(len(events))], events["poisoned"], strict=True))
         self.poisoned = int(events["poisoned"].sum())
         self.poisoned_withheld = sum(bool(poisoned[e]) for e in self.withheld)
@@ -126,6 +138,7 @@ class Run:
     def describe(self) -> str:
         return (f"clean accuracy {self.before:.3f} -> {self.after:.3f} (worst head {min(self.heads):.3f}); "
                 f"withheld {self.poisoned_withheld} of {self.poisoned} poisoned, {self.clean_withheld} clean; "
+                f"repeated corrections counted once {len(self.repeated)}; "
                 f"windows {dict(self.svc.stats.windows)}")
 
 

@@ -101,6 +101,15 @@ def test_the_state_survives_a_checkpoint_and_decides_the_same() -> None:
         t.start_window()
     assert trust.calibration == copy.calibration and trust.records == copy.records
     assert [trust.judge("user-3", True, 0.9) for _ in range(8)] == [copy.judge("user-3", True, 0.9) for _ in range(8)]
+    trust.judge("user-4", True, 0.9, ("turn on wifi", "wifi_on"))
+    copy = UserTrust.from_bytes(trust.to_bytes(), trust.settings)
+    assert copy.records == trust.records and copy.judge("user-4", True, 0.9, ("turn on wifi", "wifi_on")).repeated
+
+
+def test_a_checkpoint_without_corrections_starts_collecting_them() -> None:
+    second_format = b'{"calibration": 1.0, "records": [["u", 1, "5g==", 1, true]]}'
+    record = UserTrust.from_bytes(second_format).records["u"]
+    assert (record.bits, record.n, record.seen, record.corrections) == (1, 1, 0, {})
 
 
 def test_a_checkpoint_of_the_first_format_starts_the_records_again() -> None:
@@ -113,3 +122,38 @@ def test_users_remembered_are_bounded_least_recently_seen_first() -> None:
     for user in ("a", "b", "c", "a", "d"):
         trust.judge(user, False, 0.9)
     assert list(trust.records) == ["c", "a", "d"]
+
+
+def test_the_same_correction_from_the_same_user_counts_once() -> None:
+    """A user asking the same thing and correcting the same confident answer each time is one piece of
+    evidence: counted each time, honest repeats were withheld as an attack."""
+    trust = UserTrust()
+    honest_population(trust)
+    trust.start_window()
+    request = ("play bohemian rhapsody", "play_music")
+    first = trust.judge("fan", True, 0.95, request)
+    assert first.trusted and not first.repeated
+    repeats = [trust.judge("fan", True, 0.95, ("Play  Bohemian Rhapsody ", "play_music")) for _ in range(15)]
+    assert all(v.repeated for v in repeats), "casefolded, spaces collapsed: the same request"
+    assert "already sent this correction" in repeats[0].describe("fan")
+    assert trust.records["fan"].bits == 1, "repeats do not enter the record"
+    assert not trust.judge("fan", True, 0.95, (request[0], "play_radio")).repeated, "another intent meant"
+    assert not trust.judge("fan", False, 0.95, request).repeated, "agreeing is never a repeat"
+
+
+def test_a_correction_counts_again_once_it_left_the_users_record() -> None:
+    trust = UserTrust(TrustSettings(history=5))
+    trust.judge("u", True, 0.9, ("turn on wifi", "wifi_on"))
+    for _ in range(4):
+        trust.judge("u", False, 0.9)
+    assert trust.judge("u", True, 0.9, ("turn on wifi", "wifi_on")).repeated, "still among the last 5 events"
+    trust.judge("u", False, 0.9)
+    assert not trust.judge("u", True, 0.9, ("turn on wifi", "wifi_on")).repeated
+
+
+def test_repeats_do_not_hide_an_attacker_who_varies_the_request() -> None:
+    trust = UserTrust()
+    honest_population(trust)
+    trust.start_window()
+    verdicts = [trust.judge("attacker", True, 0.95, (f"request {i}", "wrong_intent")) for i in range(6)]
+    assert not verdicts[-1].trusted and not any(v.repeated for v in verdicts)

@@ -25,7 +25,7 @@ from kafka import KafkaProducer
 from infra.process import ManagedProcess, free_port
 from models.ftrl import FTRLProximal
 from models.traffic import TrafficConfig, generate
-from services.common.events import MODEL_UPDATES, ModelUpdate
+from services.common.events import MODEL_UPDATES, WITHHELD_REASONS, ModelUpdate
 from services.common.features import materialize, open_store
 from services.common.registry import Registry
 from services.common.settings import CommonSettings
@@ -126,8 +126,8 @@ class Feedback:
 
     def judged(self) -> float:
         """Feedback events accounted for: learned (or held back), or withheld by per-user trust."""
-        return (self.metric("loopline_feedback_examples_total")
-                + self.metric("loopline_feedback_dead_letters_total", 'reason="untrusted_user"'))
+        return self.metric("loopline_feedback_examples_total") + sum(
+            self.metric("loopline_feedback_dead_letters_total", f'reason="{reason}"') for reason in WITHHELD_REASONS)
 
     @property
     def token(self) -> str:
