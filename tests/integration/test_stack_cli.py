@@ -71,35 +71,26 @@ def assert_down(state: Path, pids: list[int]) -> None:
     assert all(port_is_free(part.port) for part in Stack.load(state).parts.values())
 
 
-@pytest.mark.slow
-def test_up_status_down_twice_from_a_clean_state(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    # The second `up` gives no ports: the state folder remembers those of the first.
-    for flags in (port_flags(), []):
-        up = loopline("up", "--state-dir", str(state), *flags)
-        assert up.returncode == 0, up.stdout + up.stderr
-        assert "no champion yet: run `loopline train`" in up.stdout
+def assert_infra_up_and_models_waiting(state: Path) -> None:
+    """`status` and the servers agree: infrastructure healthy, serving and feedback waiting for a champion."""
+    status = loopline("status", "--state-dir", str(state))
+    assert status.returncode == 0, status.stdout
+    stack = Stack.load(state)
+    rows = {row.part.name: row for row in stack.status()}
+    assert {n: r.health for n, r in rows.items()} == {**dict.fromkeys(INFRA_PARTS, HEALTHY),
+                                                      **dict.fromkeys(MODEL_PARTS, WAITING)}
+    for name, row in rows.items():
+        line = next(line for line in status.stdout.splitlines() if f" {name} " in line)
+        assert row.part.url in line and row.health in line and (row.pid is None or str(row.pid) in line)
 
-        status = loopline("status", "--state-dir", str(state))
-        assert status.returncode == 0, status.stdout
-        stack = Stack.load(state)
-        rows = {row.part.name: row for row in stack.status()}
-        assert {n: r.health for n, r in rows.items()} == {**dict.fromkeys(INFRA_PARTS, HEALTHY),
-                                                          **dict.fromkeys(MODEL_PARTS, WAITING)}
-        for name, row in rows.items():
-            line = next(line for line in status.stdout.splitlines() if f" {name} " in line)
-            assert row.part.url in line and row.health in line and (row.pid is None or str(row.pid) in line)
-
-        admin = admin_client(stack.parts["broker"].url)
-        try:
-            assert set(TOPICS) <= set(admin.list_topics())
-        finally:
-            admin.close()
-        assert httpx.get(f"{stack.parts['mlflow'].url}/health", timeout=5).status_code == 200
-        assert httpx.get(f"{stack.parts['prefect'].url}/health", timeout=5).status_code == 200
-        assert httpx.get(stack.parts["evidently"].url, timeout=5).status_code == 200  # the UI itself
-
-        assert_down(state, group_pids(state))
+    admin = admin_client(stack.parts["broker"].url)
+    try:
+        assert set(TOPICS) <= set(admin.list_topics())
+    finally:
+        admin.close()
+    assert httpx.get(f"{stack.parts['mlflow'].url}/health", timeout=5).status_code == 200
+    assert httpx.get(f"{stack.parts['prefect'].url}/health", timeout=5).status_code == 200
+    assert httpx.get(stack.parts["evidently"].url, timeout=5).status_code == 200  # the UI itself
 
 
 def test_a_taken_port_fails_clearly_and_starts_nothing(tmp_path: Path) -> None:
@@ -116,14 +107,23 @@ def test_a_taken_port_fails_clearly_and_starts_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_second_up_starts_serving_and_feedback_once_there_is_a_champion(
+def test_up_down_up_again_then_up_with_a_champion_starts_serving_and_feedback(
         tmp_path: Path, trained: TinyModel) -> None:
+    """One stack through its life (each `up` of infrastructure costs half a minute on 2 cores): up from a clean
+    state, down, up again with no ports given (the state folder remembers them), then a champion appears and
+    another `up` starts serving and the feedback service next to the running infrastructure."""
     state = tmp_path / "state"
-    up = loopline("up", "--state-dir", str(state), *port_flags())
-    assert up.returncode == 0, up.stdout + up.stderr
-    stack = Stack.load(state)
-    before = {row.part.name: row.pid for row in stack.status()}
     try:
+        for flags in (port_flags(), []):
+            up = loopline("up", "--state-dir", str(state), *flags)
+            assert up.returncode == 0, up.stdout + up.stderr
+            assert "no champion yet: run `loopline train`" in up.stdout
+            assert_infra_up_and_models_waiting(state)
+            if flags:
+                assert_down(state, group_pids(state))
+        stack = Stack.load(state)
+        before = {row.part.name: row.pid for row in stack.status()}
+
         # What `loopline train` leaves behind: a champion in the stack's registry, a Feast store in the state folder.
         registry = Registry(CommonSettings(state_dir=state, mlflow_tracking_uri=stack.parts["mlflow"].url,
                                            model_name=stack.model_name))
