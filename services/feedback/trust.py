@@ -39,7 +39,7 @@ import hashlib
 import itertools
 import json
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -83,7 +83,8 @@ class _Record:
     n: int = 0
     trusted: bool = True  # the last verdict
     seen: int = 0  # events in the record ever (n stops at `history`)
-    corrections: dict[str, int] = field(default_factory=dict)  # fingerprint -> `seen` when it was sent
+    # fingerprint -> `seen` when it was sent; None until the first (most users never correct: 64 bytes each)
+    corrections: dict[str, int] | None = None
 
 
 class UserTrust:
@@ -112,11 +113,11 @@ class UserTrust:
         history = self.settings.history
         if disagreed and correction is not None and self.settings.alpha > 0:
             key = _fingerprint(*correction)
-            record.corrections = {k: at for k, at in record.corrections.items() if at > record.seen - history}
-            if key in record.corrections:
-                return Verdict(record.trusted, 0, record.seen - record.corrections[key] + 1, 0.0, 1.0,
-                               repeated=True)
-            record.corrections[key] = record.seen + 1
+            recent = {k: at for k, at in (record.corrections or {}).items() if at > record.seen - history}
+            if key in recent:
+                record.corrections = recent
+                return Verdict(record.trusted, 0, record.seen - recent[key] + 1, 0.0, 1.0, repeated=True)
+            record.corrections = recent | {key: record.seen + 1}
         record.seen += 1
         record.bits = ((record.bits << 1) | int(disagreed)) & ((1 << history) - 1)
         chance = min(max(1.0 - confidence, MIN_EXPECTED), 1.0)
@@ -159,7 +160,8 @@ def _expected(chances: bytes) -> float:
 def _record(row: list[Any]) -> _Record:
     record = _Record(int(row[1]), base64.b64decode(row[2]), int(row[3]), bool(row[4]))
     if len(row) > 5:  # the second format had no corrections: its records start collecting them now
-        record.seen, record.corrections = int(row[5]), {str(k): int(at) for k, at in row[6].items()}
+        record.seen = int(row[5])
+        record.corrections = {str(k): int(at) for k, at in row[6].items()} if row[6] is not None else None
     return record
 
 

@@ -109,7 +109,7 @@ def test_the_state_survives_a_checkpoint_and_decides_the_same() -> None:
 def test_a_checkpoint_without_corrections_starts_collecting_them() -> None:
     second_format = b'{"calibration": 1.0, "records": [["u", 1, "5g==", 1, true]]}'
     record = UserTrust.from_bytes(second_format).records["u"]
-    assert (record.bits, record.n, record.seen, record.corrections) == (1, 1, 0, {})
+    assert (record.bits, record.n, record.seen, record.corrections) == (1, 1, 0, None)
 
 
 def test_a_checkpoint_of_the_first_format_starts_the_records_again() -> None:
