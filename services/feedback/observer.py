@@ -123,7 +123,8 @@ class Observer:
                 return
             try:
                 if isinstance(item, _NewReference):
-                    self.version, self._monitor = item.version, None  # the old one's reference no longer fits
+                    # Replaced even when the new one cannot be made (None): the old reference no longer fits.
+                    self.version = item.version
                     self._monitor = self._make_monitor(item.reference)
                     continue
                 if item.stats:
