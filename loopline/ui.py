@@ -4,14 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-console = Console()
+
+class PlainWhenPipedConsole(Console):
+    """Rich's console, except that text is not wrapped when the output is not a terminal: a pipe, a log
+    file or grep gets each message on one line (rich wraps at 80 columns there, splitting paths)."""
+
+    def print(self, *objects: Any, soft_wrap: bool | None = None, **kwargs: Any) -> None:
+        if soft_wrap is None and not self.is_terminal:
+            soft_wrap = True
+        super().print(*objects, soft_wrap=soft_wrap, **kwargs)
+
+
+console = PlainWhenPipedConsole()
 
 
 def fail(message: str) -> NoReturn:

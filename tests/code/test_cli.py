@@ -54,8 +54,10 @@ def test_evaluate_with_the_tiny_encoder_writes_its_report(tmp_path) -> None:
 def test_train_refuses_bad_parameters_before_starting_anything(tmp_path) -> None:
     unknown = runner.invoke(app, ["train", "--scenario", "chaos"])
     assert unknown.exit_code == 2 and "unknown scenario 'chaos'" in unknown.output
-    missing = runner.invoke(app, ["train", "--data", str(tmp_path / "nope.csv")])
-    assert missing.exit_code == 2 and "no such file" in missing.output
+    nowhere = tmp_path / ("a-folder-name-long-enough-that-a-wrapping-console-would-split-it-" * 2) / "nope.csv"
+    missing = runner.invoke(app, ["train", "--data", str(nowhere)])
+    # One line, whatever the path's length: output that is not a terminal is never wrapped.
+    assert missing.exit_code == 2 and f"{nowhere}: no such file" in missing.output
     too_few = runner.invoke(app, ["train", "--events", "10"])
     assert too_few.exit_code == 2
 
