@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from models.split import SplitConfig
 from models.traffic import SCENARIOS
 
 
@@ -15,13 +15,21 @@ class TrainConfig(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    data_path: Path | None = Field(None, description="Your own CSV/Parquet (text,label[,user_id,ts]); "
+    data_path: str | None = Field(None, description="Your own dataset: a path or URI (s3://...) of a CSV, Parquet "
+                                                     "or JSONL file with text,label[,user_id,ts], any label set; "
                                                      "default: generated traffic.")
+    from_champion: bool = Field(False, description="Train on the data the current champion was trained on "
+                                                   "(its recorded URI; generated traffic if it came from the "
+                                                   "generator), unless data_path is set. Scheduled and "
+                                                   "triggered retrains do this.")
     scenario: str = Field("stable", description="Scenario of generated traffic.")
     n_events: int = Field(20_000, ge=200, description="Generated utterances.")
     n_users: int = Field(2_000, ge=1)
-    seed: int = 0
-    holdout: float = Field(0.2, gt=0.0, lt=0.9, description="Latest share of events kept for evaluation.")
+    seed: int = Field(0, description="Seeds the split, the few-shot draw, generated traffic and training.")
+    holdout: float = Field(0.2, gt=0.0, lt=0.9, description="Share of the rows used that evaluates: the latest "
+                                                            "with a ts column, else a seeded stratified draw.")
+    shots: int | None = Field(None, ge=1, description="Train on this many rows of every class (a seeded draw), "
+                                                      "as at a product launch; default: all rows.")
     encoder: str = Field("minilm", description="'minilm' (packaged all-MiniLM-L6-v2), 'tiny' (random, for "
                                                "tests) or a folder saved by Encoder.save.")
     epochs: int = Field(3, ge=1, le=50)
@@ -32,6 +40,12 @@ class TrainConfig(BaseModel):
                                      description="Gate: compiled model loses at most this much accuracy.")
     deploy_margin: float = Field(0.0, ge=0.0, le=1.0,
                                  description="Challenger replaces champion unless worse by more than this.")
+    target_precision: float = Field(0.97, gt=0.0, le=1.0,
+                                    description="Fallback: the confidence threshold is the lowest whose answered "
+                                                "held-out requests are right at least this often.")
+    out_of_scope: str = Field("oos", min_length=1, description="A class of that name (if the data has one) means "
+                                                               "'not something the assistant does': serving "
+                                                               "answers it with fallback.")
     announce: bool = Field(True, description="Publish the new version on model-updates if a broker is set.")
 
     @model_validator(mode="after")
@@ -39,3 +53,6 @@ class TrainConfig(BaseModel):
         if self.scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {self.scenario!r}; choose one of {', '.join(SCENARIOS)}")
         return self
+
+    def split(self) -> SplitConfig:
+        return SplitConfig(holdout=self.holdout, seed=self.seed, shots=self.shots)

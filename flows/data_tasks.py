@@ -1,56 +1,105 @@
-"""Flow tasks that read data: generated or user traffic, point-in-time user features from Feast."""
+"""Flow tasks that read data: the user's dataset or generated traffic, point-in-time user features from Feast.
+
+Where a run's data comes from, in order: `data_path` when given; with
+`from_champion` (scheduled and triggered retrains), the data the champion was
+trained on, as its version records it; else generated traffic.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect import task
+from prefect import Task, get_run_logger, task
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
 
 from flows.config import TrainConfig
-from models.catalog import INTENTS
-from models.data import load_dataset
+from models.data import DatasetError, is_uri, load_dataset
+from models.split import prepare
 from models.traffic import TrafficConfig, generate
 from services.common import features as feast_client
 from services.common.settings import CommonSettings
 
+GENERATOR = "generator:"  # data_uri prefix of generated traffic: generator:<scenario>?seed=..&n_events=..
+COLUMNS = ("text", "label", "truth", "user_id", "ts")
+
 
 @dataclass(frozen=True)
 class Dataset:
-    events: pd.DataFrame  # text, label, truth, user_id, ts; time ordered
+    events: pd.DataFrame  # text, label, truth[, user_id, ts]: the rows used, training rows first
     users: pd.DataFrame | None
     cut: int  # rows before `cut` train, the rest evaluate
-    data_hash: str
-    scenario: str
+    classes: tuple[str, ...]  # sorted, from the data
+    data_hash: str  # of the table as read (text, label)
+    data_uri: str  # what a retrain reads again: a path or URI, or generator:<scenario>?...
+    scenario: str  # of generated traffic, else "custom"
+    how: str  # time, stratified or shots
+    note: str  # how the rows were split, in one line
+
+    @property
+    def generated(self) -> bool:
+        return self.data_uri.startswith(GENERATOR)
 
 
 def frame_hash(frame: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()[:16]
 
 
-@task(retries=2, retry_delay_seconds=2)
-def load_data(config: TrainConfig) -> Dataset:
-    """Generate traffic or read the user's file; split by time into train and eval."""
-    if config.data_path is not None:
-        frame = load_dataset(config.data_path, labels=INTENTS)
-        if "ts" not in frame.columns:
-            frame["ts"] = pd.Timestamp.now(tz="UTC")
+def _retry_unless_bad_data(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """A dataset that fails validation fails the same way again: only I/O errors are retried."""
+    try:
+        state.result()
+    except DatasetError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_unless_bad_data)
+def load_data(config: TrainConfig, champion_data: str | None = None) -> Dataset:
+    """Read the dataset (or generate traffic), validate it and split it into training and evaluation rows."""
+    source = config.data_path or (champion_data if config.from_champion else None)
+    if source is not None and not source.startswith(GENERATOR):
+        if not is_uri(source):
+            source = str(Path(source).resolve())  # a retrain reads it again, from another working folder
+        frame, users, scenario = _read(source), None, "custom"
         frame["truth"] = frame["label"]
-        users, scenario = None, "custom"
+        data_hash = frame_hash(frame[["text", "label"]])
     else:
         traffic = generate(TrafficConfig(seed=config.seed, n_events=config.n_events, n_users=config.n_users,
                                          scenario=config.scenario))
         frame = traffic.events.rename(columns={"true_label": "truth"})
         users, scenario = traffic.users, config.scenario
-    frame = frame.sort_values("ts", kind="stable").reset_index(drop=True)
-    columns = [c for c in ("text", "label", "truth", "user_id", "ts") if c in frame.columns]
-    frame = frame[columns]
-    cut = int(len(frame) * (1 - config.holdout))
-    if cut < 1 or cut >= len(frame):
-        raise ValueError(f"{len(frame)} rows cannot be split with holdout {config.holdout}")
-    return Dataset(frame, users, cut, frame_hash(frame[["text", "label"]]), scenario)
+        source = f"{GENERATOR}{scenario}?seed={config.seed}&n_events={config.n_events}&n_users={config.n_users}"
+        data_hash = frame_hash(frame[["text", "label"]])
+    frame = frame[[c for c in COLUMNS if c in frame.columns]]
+    prepared = prepare(frame, config.split(), source=source)
+    get_run_logger().info("%s: %d rows, %d classes; %s", source, len(prepared.frame), len(prepared.classes),
+                          prepared.note)
+    return Dataset(prepared.frame, users, prepared.cut, prepared.classes, data_hash, source, scenario,
+                   prepared.how, prepared.note)
+
+
+def _read(source: str) -> pd.DataFrame:
+    """A dataset at a path or URI; `runs:/` (the rows an earlier run recorded) through MLflow."""
+    if not source.startswith("runs:/"):
+        return load_dataset(source)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp)
+        except (MlflowException, OSError) as exc:
+            raise DatasetError(f"{source}: cannot be fetched from the registry ({exc})") from exc
+        frame = load_dataset(Path(local))
+    return frame
 
 
 @task(retries=2, retry_delay_seconds=2)

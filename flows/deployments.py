@@ -20,8 +20,8 @@ DRIFT_EVENT = "loopline.drift.detected"
 def build_deployments(cron: str = "0 3 * * *", encoder: str = "minilm",
                       config: TrainConfig | None = None) -> list[RunnerDeployment]:
     """The nightly run and the drift-triggered run, same flow, same parameters (`config`, else the
-    defaults with `encoder`)."""
-    parameters = {"config": (config or TrainConfig(encoder=encoder)).model_dump(mode="json")}
+    defaults with `encoder`: train on the champion's data)."""
+    parameters = {"config": (config or TrainConfig(encoder=encoder, from_champion=True)).model_dump(mode="json")}
     nightly = train_flow.to_deployment(
         name="nightly", schedules=[Cron(cron, timezone="UTC")], parameters=parameters,
         description="Retrain every night, gate, register, deploy if not worse.", tags=["loopline"])

@@ -24,10 +24,10 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from flows import progress
 from flows.config import TrainConfig
 from flows.gates import GateReport, check_gates
-from models.bundle import DRIFT_REFERENCE_DIR, ENCODER_FILE, HEAD_FILE, TOKENIZER_DIR, write_manifest
-from models.catalog import INTENTS
+from models.bundle import DRIFT_REFERENCE_DIR, ENCODER_FILE, HEAD_FILE, TOKENIZER_DIR, set_fallback, write_manifest
 from models.compile import export_onnx, optimize_onnx
 from models.encoder import Encoder
+from models.fallback import Fallback, choose_threshold
 from models.features import FeatureSpec
 from models.ftrl import FTRLProximal
 from models.predict import Predictor
@@ -76,11 +76,11 @@ def embed(texts: list[str], encoder_ref: str, code: str) -> np.ndarray:
 
 @task
 def fit_head(texts: list[str], embeddings: np.ndarray, users: list[dict[str, Any] | None] | None,
-             labels: list[str], epochs: int, seed: int) -> FTRLProximal:
-    """FTRL head over the embedding plus hashed text and user features."""
+             labels: list[str], classes: tuple[str, ...], epochs: int, seed: int) -> FTRLProximal:
+    """FTRL head over the embedding plus hashed text and user features, one output per class of the data."""
     head = HeadConfig(epochs=epochs, seed=seed)
     batch = featurize(texts, embeddings, FeatureSpec(), users)
-    return train_head(batch, labels, INTENTS, head, on_batch=progress.track("train head", len(labels) * epochs))
+    return train_head(batch, labels, classes, head, on_batch=progress.track("train head", len(labels) * epochs))
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE, cache_expiration=CACHE_TTL)
@@ -132,7 +132,7 @@ def build_bundle(compiled: Compiled, head: FTRLProximal, encoder_ref: str, metri
     head.save(out / HEAD_FILE)
     if reference is not None:
         reference.save(out / DRIFT_REFERENCE_DIR)
-    write_manifest(out, FeatureSpec(), INTENTS,
+    write_manifest(out, FeatureSpec(), head.classes,
                    encoder={"dim": encoder.dim, "max_length": encoder.max_length, "ref": encoder_ref,
                             **compiled.report},
                    metrics=metrics, lineage=lineage)
@@ -157,9 +157,18 @@ def gate(fp32_proba: np.ndarray, bundle: Path, texts: list[str], users: list[dic
     measurements = {"torch_fp32_ms_p50": torch_ms, "compiled_ms_p50": compiled_ms,  # batch 1, one thread
                     "speedup": torch_ms / compiled_ms,
                     "size_mb": (bundle / ENCODER_FILE).stat().st_size / 1e6}
-    report = check_gates(fp32_proba, proba, truth, INTENTS, config.min_agreement, config.max_accuracy_drop,
-                         measurements)
+    report = check_gates(fp32_proba, proba, truth, predictor.classes, config.min_agreement,
+                         config.max_accuracy_drop, measurements)
     return report, proba
+
+
+@task
+def fallback_threshold(proba: np.ndarray, truth: list[str], classes: tuple[str, ...], bundle: Path,
+                       config: TrainConfig) -> Fallback:
+    """Choose the confidence threshold on the compiled model's held-out answers and record it in the bundle."""
+    policy = choose_threshold(proba, truth, classes, config.target_precision, config.out_of_scope)
+    set_fallback(bundle, policy)
+    return policy
 
 
 def latency_ms(encode: Callable[[list[str]], Any], texts: list[str]) -> float:

@@ -7,16 +7,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from models.bundle import BundleError
-from models.catalog import INTENTS
-from models.evaluate import Evaluation, evaluate
+from models.evaluate import Comparison
 from models.predict import Predictor
 from services.common.events import MODEL_UPDATES, ModelUpdate
 from services.common.kafka import publish
-from services.common.registry import Registry, RegistryError, Version
+from services.common.registry import TAG_LIMIT, Registry, RegistryError, Version
 from services.common.settings import CommonSettings
 
 
@@ -32,21 +32,38 @@ def code_version() -> str:
 
 
 @task(retries=2, retry_delay_seconds=3)
+def champion_data(settings: CommonSettings) -> str | None:
+    """The data the champion was trained on, as the nearest train version in its lineage recorded it."""
+    registry = Registry(settings)
+    champion = registry.champion()
+    if champion is None:
+        return None
+    for version in registry.lineage(champion):
+        uri = version.tags.get("data_uri")
+        if uri:
+            get_run_logger().info("champion v%d's data: %s (recorded on v%d)", champion.version, uri,
+                                  version.version)
+            return uri
+    return None
+
+
+@task(retries=2, retry_delay_seconds=3)
 def score_champion(settings: CommonSettings, texts: list[str], users: list[dict[str, Any] | None] | None,
-                   truth: list[str]) -> tuple[Version, Evaluation] | None:
-    """The current champion, evaluated on this run's eval set."""
+                   ) -> tuple[Version, np.ndarray, tuple[str, ...]] | None:
+    """The current champion's answers on this run's eval rows: (version, probabilities, its classes)."""
     registry = Registry(settings)
     champion = registry.champion()
     if champion is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            proba = Predictor(registry.download(champion.version, Path(tmp))).predict_proba(texts, users)
+            predictor = Predictor(registry.download(champion.version, Path(tmp)))
+            proba = predictor.predict_proba(texts, users)
         except (BundleError, RegistryError) as exc:
             # A champion that no longer verifies must not block its own replacement.
             get_run_logger().warning("champion v%d cannot be scored, treated as absent: %s", champion.version, exc)
             return None
-    return champion, evaluate(proba, truth, INTENTS)
+    return champion, proba, predictor.classes
 
 
 @task(retries=2, retry_delay_seconds=3)
@@ -57,23 +74,29 @@ def register(settings: CommonSettings, bundle: Path, tags: dict[str, Any], descr
 
 @task(cache_policy=NO_CACHE)
 def deploy(settings: CommonSettings, challenger: Version, accuracy: float,
-           champion: tuple[Version, Evaluation] | None, margin: float) -> tuple[bool, str]:
-    """Move `champion` to the challenger unless it is worse than the current one by more than `margin`."""
+           champion: tuple[Version, Comparison] | None, margin: float) -> tuple[bool, str]:
+    """Move `champion` to the challenger unless it is worse than the current one by more than `margin`, on the
+    rows whose class both have."""
     registry = Registry(settings)
     if champion is None:
         reason = f"first version (accuracy {accuracy:.4f})"
+    elif champion[1].n == 0:
+        reason = (f"challenger v{challenger.version} shares no evaluated class with champion v{champion[0].version}:"
+                  f" a new label set (accuracy {accuracy:.4f})")
     else:
-        current, ev = champion
-        if accuracy < ev.accuracy - margin:
+        current, vs = champion
+        if vs.challenger_accuracy < vs.champion_accuracy - margin:
             reason = (f"kept champion v{current.version}: challenger v{challenger.version} accuracy "
-                      f"{accuracy:.4f} < champion {ev.accuracy:.4f} - margin {margin:.4f}")
-            registry.client.set_model_version_tag(registry.name, str(challenger.version), "deploy.decision", reason)
+                      f"{vs.challenger_accuracy:.4f} < champion {vs.champion_accuracy:.4f} - margin {margin:.4f} "
+                      f"{vs.describe()}")
+            registry.client.set_model_version_tag(registry.name, str(challenger.version), "deploy.decision",
+                                                  reason[:TAG_LIMIT])
             return False, reason
-        reason = (f"challenger v{challenger.version} accuracy {accuracy:.4f} vs champion "
-                  f"v{current.version} {ev.accuracy:.4f} (margin {margin:.4f})")
+        reason = (f"challenger v{challenger.version} accuracy {vs.challenger_accuracy:.4f} vs champion "
+                  f"v{current.version} {vs.champion_accuracy:.4f} (margin {margin:.4f}) {vs.describe()}")
     registry.promote(challenger.version, reason)
     registry.client.set_model_version_tag(registry.name, str(challenger.version), "deploy.decision",
-                                          f"promoted: {reason}")
+                                          f"promoted: {reason}"[:TAG_LIMIT])
     return True, reason
 
 

@@ -17,19 +17,31 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger
 
 from flows.config import TrainConfig
-from flows.data_tasks import join_user_features, load_data, materialize_features
+from flows.data_tasks import Dataset, frame_hash, join_user_features, load_data, materialize_features
 from flows.gates import GateFailed, GateReport
-from flows.model_tasks import build_bundle, compile_encoder, drift_reference, embed, fingerprint, fit_head, gate
-from flows.registry_tasks import announce, code_version, deploy, register, score_champion
-from models.catalog import INTENTS
-from models.evaluate import Evaluation, evaluate, plot_confusion
+from flows.model_tasks import (
+    build_bundle,
+    compile_encoder,
+    drift_reference,
+    embed,
+    fallback_threshold,
+    fingerprint,
+    fit_head,
+    gate,
+)
+from flows.registry_tasks import announce, champion_data, code_version, deploy, register, score_champion
+from models.evaluate import Comparison, Evaluation, compare, evaluate, plot_confusion
+from models.fallback import Fallback
 from models.features import FeatureSpec
 from models.train import featurize
-from services.common.registry import Registry, Version
+from services.common.registry import TAG_LIMIT, Registry, Version, class_tags
 from services.common.settings import CommonSettings
+
+DATASET_FILE = "dataset.parquet"
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,8 @@ class TrainResult:
     promoted: bool
     reason: str
     metrics: dict[str, float]
+    classes: tuple[str, ...] = ()
+    data_uri: str = ""
 
 
 @flow(name="train-quantize-compile-deploy", log_prints=False)
@@ -48,9 +62,10 @@ def train_flow(config: TrainConfig | None = None) -> TrainResult:
     settings = CommonSettings()
     logger = get_run_logger()
     registry = Registry(settings)
-    data = load_data(config)
+    recorded = champion_data(settings) if config.from_champion and config.data_path is None else None
+    data = load_data(config, recorded)
     users = join_user_features(data, settings)
-    texts = list(data.events["text"])
+    texts, classes = list(data.events["text"]), data.classes
     train_rows, eval_rows = slice(0, data.cut), slice(data.cut, None)
     eval_texts, truth = texts[eval_rows], list(data.events["truth"])[eval_rows]
     eval_users = users[eval_rows] if users is not None else None
@@ -59,21 +74,25 @@ def train_flow(config: TrainConfig | None = None) -> TrainResult:
     try:
         with mlflow.start_run(experiment_id=registry.experiment_id(),
                               run_name=f"train-{data.scenario}-{data.data_hash[:8]}") as run:
-            mlflow.log_params({**config.model_dump(mode="json"), "data_hash": data.data_hash,
-                               "n_train": data.cut, "n_eval": len(truth)})
+            data_uri, data_hash = _log_data(data, run.info.run_id)
+            mlflow.log_params({**config.model_dump(mode="json"), "data_uri": data_uri, "data_hash": data_hash,
+                               "n_train": data.cut, "n_eval": len(truth), "n_classes": len(classes),
+                               "split": data.how})
+            mlflow.set_tag("split", data.note)
             code = fingerprint(config.encoder)
             embeddings = embed(texts, config.encoder, code)
             head = fit_head(texts[train_rows], embeddings[train_rows], users[train_rows] if users else None,
-                            list(data.events["label"])[train_rows], config.epochs, config.seed)
+                            list(data.events["label"])[train_rows], classes, config.epochs, config.seed)
             eval_batch = featurize(eval_texts, embeddings[eval_rows], FeatureSpec(), eval_users)
             fp32_proba = head.predict_proba_many(eval_batch)
-            fp32 = evaluate(fp32_proba, truth, INTENTS)
+            fp32 = evaluate(fp32_proba, truth, classes)
             mlflow.log_metrics(fp32.metrics("fp32_"))
             compiled = compile_encoder(config.encoder, config.quantize, code)
             mlflow.log_dict(compiled.report, "quantization_report.json")
 
             parent = registry.champion()
-            lineage = {"data_hash": data.data_hash, "scenario": data.scenario, "code_version": code_version(),
+            lineage = {"data_uri": data_uri, "data_hash": data_hash, "scenario": data.scenario,
+                       "n_train": data.cut, "n_classes": len(classes), "code_version": code_version(),
                        "parent_version": parent.version if parent else None, "source": "train",
                        "train_run_id": run.info.run_id}
             reference = drift_reference(eval_texts, embeddings[eval_rows], fp32_proba, head.classes, eval_users, truth)
@@ -88,23 +107,29 @@ def train_flow(config: TrainConfig | None = None) -> TrainResult:
                 raise
             mlflow.log_dict(report.to_dict(), "gate_report.json")
             mlflow.log_metrics(report.metrics())
-            ev = evaluate(proba, truth, INTENTS)
+            fallback = fallback_threshold(proba, truth, classes, bundle, config)
+            mlflow.log_dict(fallback.to_dict(), "fallback.json")
+            mlflow.log_metrics({"fallback_threshold": fallback.threshold, "fallback_coverage": fallback.coverage})
+            ev = evaluate(proba, truth, classes)
             mlflow.log_metrics(ev.metrics())
             _log_eval_artifacts(ev)
 
-            champion = score_champion(settings, eval_texts, eval_users, truth)
+            scored = score_champion(settings, eval_texts, eval_users)
+            champion = None if scored is None else (scored[0], compare(truth, (proba, classes), scored[1:]))
             tags = {**{k: "" if v is None else v for k, v in lineage.items()},
                     **{f"metric.{k}": f"{v:.4f}" for k, v in ev.metrics().items()},
                     **{f"gate.{k}": v for k, v in report.to_tags().items()},
+                    **_fallback_tags(fallback), **class_tags(classes),
                     "quantization": compiled.report["quantization"],
                     "deployed_mb": f"{compiled.report['deployed_mb']:.1f}"}
             if champion is not None:
                 tags["vs_champion.version"] = champion[0].version
-                tags["vs_champion.accuracy_delta"] = f"{ev.accuracy - champion[1].accuracy:+.4f}"
-            description = _description(ev, report, champion, compiled.report, lineage)
+                tags["vs_champion.accuracy_delta"] = f"{champion[1].delta:+.4f}"
+                tags["vs_champion.scored_on"] = champion[1].describe()[:TAG_LIMIT]
+            description = _description(ev, report, fallback, champion, compiled.report, lineage, data.note)
             version = register(settings, bundle, tags, description)
             promoted, reason = deploy(settings, version, ev.accuracy, champion, config.deploy_margin)
-            mlflow.set_tags({"registered_version": version.version, "deploy.decision": reason})
+            mlflow.set_tags({"registered_version": version.version, "deploy.decision": reason[:TAG_LIMIT]})
             logger.info("v%d %s: %s", version.version, "promoted" if promoted else "not promoted", reason)
 
         if promoted and config.announce and settings.kafka_bootstrap_servers:
@@ -113,7 +138,39 @@ def train_flow(config: TrainConfig | None = None) -> TrainResult:
             materialize_features(settings)
     finally:
         shutil.rmtree(bundle_dir, ignore_errors=True)  # the registry holds its own copy
-    return TrainResult(run.info.run_id, version.version, promoted, reason, ev.metrics())
+    return TrainResult(run.info.run_id, version.version, promoted, reason,
+                       {**ev.metrics(), **_fallback_metrics(fallback)}, classes, data_uri)
+
+
+def _log_data(data: Dataset, run_id: str) -> tuple[str, str]:
+    """Log the rows this run used (`data/dataset.parquet`, with their split) as an artifact and an MLflow
+    dataset input; returns the data URI and hash the version records. A few-shot run records the rows it
+    drew, not the whole file: that is what its retrains train on again."""
+    rows = data.events.drop(columns=["truth"]) if not data.generated else data.events
+    rows = rows.assign(split=["train"] * data.cut + ["eval"] * (len(rows) - data.cut))
+    uri, digest = data.data_uri, data.data_hash
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / DATASET_FILE
+        rows.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path="data")
+    if data.how == "shots":
+        uri, digest = f"runs:/{run_id}/data/{DATASET_FILE}", frame_hash(data.events[["text", "label"]])
+    try:
+        dataset = mlflow.data.from_pandas(rows, source=uri, name=Path(uri.split("?")[0]).name, targets="label")
+    except MlflowException:  # runs:/ and generator: have no MLflow source type
+        dataset = mlflow.data.from_pandas(rows, name=Path(uri.split("?")[0]).name, targets="label")
+    mlflow.log_input(dataset, context="training", tags={"uri": uri[:TAG_LIMIT], "sha256_16": digest})
+    return uri, digest
+
+
+def _fallback_tags(fallback: Fallback) -> dict[str, str]:
+    return {"fallback.threshold": f"{fallback.threshold:.4f}", "fallback.precision": f"{fallback.precision:.4f}",
+            "fallback.coverage": f"{fallback.coverage:.4f}"}
+
+
+def _fallback_metrics(fallback: Fallback) -> dict[str, float]:
+    return {"fallback_threshold": fallback.threshold, "fallback_precision": fallback.precision,
+            "fallback_coverage": fallback.coverage}
 
 
 def _log_eval_artifacts(ev: Evaluation) -> None:
@@ -126,15 +183,18 @@ def _log_eval_artifacts(ev: Evaluation) -> None:
                     "eval_report.json")
 
 
-def _description(ev: Evaluation, report: GateReport, champion: tuple[Version, Evaluation] | None,
-                 quantization: dict[str, Any], lineage: dict[str, Any]) -> str:
+def _description(ev: Evaluation, report: GateReport, fallback: Fallback,
+                 champion: tuple[Version, Comparison] | None, quantization: dict[str, Any],
+                 lineage: dict[str, Any], split: str) -> str:
     """What a reviewer reads on the version page in MLflow."""
     vs = "no champion yet" if champion is None else (
-        f"champion v{champion[0].version}: accuracy {champion[1].accuracy:.4f} "
-        f"(delta {ev.accuracy - champion[1].accuracy:+.4f})")
+        f"champion v{champion[0].version}: accuracy {champion[1].champion_accuracy:.4f} vs this version's "
+        f"{champion[1].challenger_accuracy:.4f} (delta {champion[1].delta:+.4f}) {champion[1].describe()}")
     return "\n".join([
         f"accuracy {ev.accuracy:.4f}, macro-F1 {ev.macro_f1:.4f}, log loss {ev.log_loss:.4f} "
-        f"on {ev.n} eval rows; {vs}.",
+        f"on {ev.n} eval rows, {len(ev.classes)} classes; {vs}.",
+        f"data: {lineage['data_uri']} (sha256 {lineage['data_hash']}); {split}.",
+        f"fallback: {fallback.describe()}.",
         f"gates: {report.summary()}",
         f"encoder: {quantization['quantization']}, {quantization['deployed_mb']:.1f} MB "
         f"(FP32 {quantization['fp32_mb']:.1f} MB).",

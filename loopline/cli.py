@@ -9,17 +9,17 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from loopline.cli_data import data_app
 from loopline.cli_demo import demo
 from loopline.cli_feedback import promote
 from loopline.cli_models import models_app
 from loopline.cli_send import feedback_app
 from loopline.cli_stack import down, status, up
 from loopline.cli_train import flows_app, serve_api, train
-from loopline.ui import console, fail, progress_display
+from loopline.ui import console, progress_display
 
 app = typer.Typer(help="loopline: an online-learning MLOps pipeline with a feedback loop.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-data_app = typer.Typer(help="Generate traffic or check your own data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(flows_app, name="flows")
@@ -31,53 +31,6 @@ app.command()(up)
 app.command()(status)
 app.command()(down)
 app.command()(demo)
-
-
-@data_app.command("generate")
-def data_generate(
-    out: Path = typer.Option(Path("data"), help="Folder for events.parquet and users.parquet."),
-    scenario: str = typer.Option("stable", help="stable, new_phrasing, new_app, prior_shift, label_flip."),
-    events: int = typer.Option(20_000, min=1, help="Number of utterances."),
-    users: int = typer.Option(2_000, min=1, help="Number of users."),
-    seed: int = typer.Option(0, help="Same seed, same output."),
-    onset: float = typer.Option(0.5, min=0.0, max=1.0, help="Drift starts at this share of the stream."),
-    strength: float = typer.Option(0.6, min=0.0, max=1.0, help="How strong the drift is (see docs)."),
-) -> None:
-    """Generate phone-assistant traffic with a drift scenario, as Parquet."""
-    from models.traffic import TrafficConfig, generate
-
-    try:
-        config = TrafficConfig(seed=seed, n_users=users, n_events=events, scenario=scenario,
-                               onset=onset, strength=strength)
-    except ValueError as exc:
-        fail(str(exc))
-    traffic = generate(config)
-    out.mkdir(parents=True, exist_ok=True)
-    traffic.events.to_parquet(out / "events.parquet", index=False)
-    traffic.users.to_parquet(out / "users.parquet", index=False)
-    after = traffic.events["after_onset"]
-    console.print(
-        f"wrote {len(traffic.events):,} events ({int(after.sum()):,} after onset) and "
-        f"{len(traffic.users):,} users to [bold]{out}[/] (scenario {scenario}, seed {seed})"
-    )
-
-
-@data_app.command("check")
-def data_check(
-    path: Path = typer.Argument(..., help="A .csv or .parquet file with text,label[,user_id,ts]."),
-    any_labels: bool = typer.Option(False, help="Accept labels outside the built-in intents."),
-) -> None:
-    """Validate your own dataset and summarise it."""
-    from models.catalog import INTENTS
-    from models.data import DatasetError, load_dataset
-
-    try:
-        frame = load_dataset(path, labels=None if any_labels else INTENTS)
-    except DatasetError as exc:
-        fail(str(exc))
-    counts = frame["label"].value_counts()
-    console.print(f"[green]ok[/]: {len(frame):,} rows, {len(counts)} labels, "
-                  f"columns {', '.join(frame.columns)}")
 
 
 @app.command()

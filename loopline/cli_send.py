@@ -45,7 +45,6 @@ def send(
     """Send one feedback event to the `feedback` topic, keyed by prediction id; waits for the broker."""
     from pydantic import ValidationError
 
-    from models.catalog import INTENTS
     from services.common.events import FeedbackEvent
 
     try:
@@ -54,15 +53,39 @@ def send(
         fail(f"not a valid feedback event: {describe_invalid(exc)}")
     if not bootstrap_servers.strip():
         fail(f"no broker: pass --bootstrap-servers or set {BOOTSTRAP_ENV} (host:port)")
-    if label not in INTENTS:
-        console.print(f"[yellow]note[/]: {label!r} is not a built-in intent; the feedback service sends labels "
-                      "its model does not know to feedback-dlq as unknown_label", soft_wrap=True)
+    _warn_if_unknown(label)
     try:
         partition, offset = produce_feedback(bootstrap_servers.strip(), event, timeout)
     except SendError as exc:
         fail(str(exc))
     console.print(f"sent feedback {event.event_id} (prediction {event.prediction_id}, label {event.label}) "
                   f"to feedback partition {partition} offset {offset}", soft_wrap=True, highlight=False)
+
+
+def _warn_if_unknown(label: str) -> None:
+    """Say so when the champion has no such class. The event is sent anyway: feedback with a new label is
+    how a new intent gets asked for (the feedback service dead-letters it for online learning, as
+    unknown_label, and counts it per label)."""
+    from services.common.settings import CommonSettings
+
+    settings = CommonSettings()
+    if not settings.mlflow_tracking_uri and not (settings.state_dir / "mlflow" / "mlflow.db").exists():
+        return  # no registry configured here: nothing to check against
+    try:
+        from services.common.registry import Registry, bound_registry_requests
+
+        bound_registry_requests(timeout_s=5, retries=0)  # a warning must not hold the send for minutes
+        registry = Registry(settings)
+        champion = registry.champion()
+        classes = registry.classes(champion) if champion is not None else None
+    except Exception as exc:  # the registry is only asked for a warning: never fail a send on it
+        console.print(f"[yellow]note[/]: could not read the champion's classes ({type(exc).__name__}); "
+                      "sending anyway")
+        return
+    if champion is not None and classes is not None and label not in classes:
+        console.print(f"[yellow]warning[/]: champion v{champion.version} has no class {label!r} "
+                      f"({len(classes)} classes); sending anyway: the feedback service will not learn it "
+                      "online (feedback-dlq, unknown_label, counted per label)")
 
 
 class SendError(Exception):

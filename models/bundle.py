@@ -46,9 +46,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from models.fallback import NEVER, Fallback
 from models.features import FeatureSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added `fallback`; schema 1 manifests load with every request answered
+READABLE_SCHEMAS = (1, 2)
 MANIFEST = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 TOKENIZER_DIR = "tokenizer"
@@ -71,6 +73,7 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     created_at: float = 0.0
     linked: dict[str, Any] = field(default_factory=dict)  # {"model", "version": N, "files"}: stored with N
+    fallback: dict[str, Any] = field(default_factory=dict)  # Fallback.to_dict(); empty: never falls back
 
     @property
     def linked_version(self) -> int | None:
@@ -79,6 +82,10 @@ class Manifest:
     @property
     def linked_files(self) -> frozenset[str]:
         return frozenset(self.linked.get("files", ()))
+
+    @property
+    def fallback_policy(self) -> Fallback:
+        return Fallback.from_dict(self.fallback) if self.fallback else NEVER
 
     def to_json(self) -> str:
         body = asdict(self)
@@ -89,9 +96,14 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         body = json.loads(text)
-        if body.get("schema_version") != SCHEMA_VERSION:
-            raise BundleError(f"manifest schema {body.get('schema_version')!r} is not supported "
-                              f"(expected {SCHEMA_VERSION})")
+        schema = body.get("schema_version")
+        if schema not in READABLE_SCHEMAS:
+            newer = isinstance(schema, int) and schema > SCHEMA_VERSION
+            raise BundleError(f"manifest schema {schema!r} is not supported (this loopline reads "
+                              f"{', '.join(map(str, READABLE_SCHEMAS))}): " +
+                              ("the bundle was written by a newer loopline; upgrade loopline to load it" if newer
+                               else "train a new version with `loopline train`"))
+        body["schema_version"] = SCHEMA_VERSION  # upgraded in memory; written back as the current schema
         body["spec"] = FeatureSpec.from_dict(body["spec"])
         body["classes"] = tuple(body["classes"])
         return cls(**body)
@@ -127,6 +139,14 @@ def write_manifest(
                         {k: float(v) for k, v in (metrics or {}).items()}, dict(lineage or {}),
                         created_at=time.time())
     _write(folder, manifest)
+    return manifest
+
+
+def set_fallback(folder: str | Path, fallback: Fallback) -> Manifest:
+    """Record the fallback threshold in the bundle's manifest (it is chosen on the compiled model's answers,
+    so after the bundle is written)."""
+    manifest = replace(read_manifest(folder), fallback=fallback.to_dict())
+    _write(Path(folder), manifest)
     return manifest
 
 

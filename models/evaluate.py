@@ -58,6 +58,64 @@ def evaluate(proba: np.ndarray, y_true: Sequence[str], classes: Sequence[str]) -
     )
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A challenger and the champion scored on the same rows: those whose true class both models have."""
+
+    challenger_accuracy: float
+    champion_accuracy: float
+    n: int  # rows scored
+    n_rows: int  # rows offered
+    shared: int  # classes both models have
+    added: tuple[str, ...]  # classes only the challenger has
+    removed: tuple[str, ...]  # classes only the champion has
+
+    @property
+    def same_classes(self) -> bool:
+        return not self.added and not self.removed
+
+    @property
+    def delta(self) -> float:
+        return self.challenger_accuracy - self.champion_accuracy
+
+    def describe(self) -> str:
+        if self.same_classes:
+            return f"on the same {self.n} rows and {self.shared} classes"
+        changes = ", ".join(part for part in (
+            f"adds {_names(self.added)}" if self.added else "",
+            f"drops {_names(self.removed)}" if self.removed else "") if part)
+        return (f"on the {self.n} of {self.n_rows} rows whose class both have ({self.shared} shared classes; "
+                f"the challenger {changes})")
+
+
+def _names(classes: tuple[str, ...]) -> str:
+    shown = ", ".join(classes[:5])
+    return f"{len(classes)} ({shown}{', ...' if len(classes) > 5 else ''})"
+
+
+def compare(truth: Sequence[str], challenger: tuple[np.ndarray, Sequence[str]],
+            champion: tuple[np.ndarray, Sequence[str]]) -> Comparison:
+    """Accuracy of both models on the rows whose true class both have; each answers with its own classes.
+
+    >>> eye = np.eye(3)
+    >>> c = compare(["a", "b", "c"], (eye[[0, 1, 2]], "abc"), (eye[[0, 0, 1]], "abd"))
+    >>> c.challenger_accuracy, c.champion_accuracy, c.n, c.added, c.removed
+    (1.0, 0.5, 2, ('c',), ('d',))
+    """
+    (new_proba, new_classes), (old_proba, old_classes) = challenger, champion
+    shared = set(new_classes) & set(old_classes)
+    rows = np.array([t in shared for t in truth], dtype=bool)
+    truth_arr = np.asarray(list(truth), dtype=object)[rows]
+
+    def accuracy(proba: np.ndarray, classes: Sequence[str]) -> float:
+        picked = np.asarray(list(classes), dtype=object)[proba[rows].argmax(axis=1)]
+        return float((picked == truth_arr).mean()) if len(truth_arr) else float("nan")
+
+    return Comparison(accuracy(new_proba, new_classes), accuracy(old_proba, old_classes), int(rows.sum()),
+                      len(truth), len(shared), tuple(sorted(set(new_classes) - shared)),
+                      tuple(sorted(set(old_classes) - shared)))
+
+
 def plot_confusion(evaluation: Evaluation, path: str | Path, title: str = "") -> Path:
     """Write a row-normalised confusion matrix as a PNG."""
     import matplotlib

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from models.catalog import INTENTS
+from models.data import class_list
 from models.encoder import Encoder
 from models.evaluate import Evaluation, evaluate
 from models.features import FeatureSpec
@@ -69,11 +69,13 @@ def run_offline(config: OfflineConfig, encoder: Encoder, track: Track = _noop_tr
 
     train_rows = np.arange(cut)
     total = len(train_rows) * config.head.epochs
-    model = train_head(batch.take(train_rows), list(train["label"]), INTENTS, config.head,
+    # The classes of the generated data (what users reported and what they meant), as the train flow takes them.
+    classes = class_list([*events["label"], *events["true_label"], *drift_events["true_label"]])
+    model = train_head(batch.take(train_rows), list(train["label"]), classes, config.head,
                        on_batch=track("train head", total))
 
     def score(rows: np.ndarray, truth: pd.Series) -> Evaluation:
-        return evaluate(model.predict_proba_many(batch.take(rows)), list(truth), INTENTS)
+        return evaluate(model.predict_proba_many(batch.take(rows)), list(truth), classes)
 
     offset = len(events)
     after = drift_events["after_onset"].to_numpy()

@@ -130,3 +130,5 @@ class DeadLetter(Event):
     offset: int
     key: str | None
     value: str = Field(description="The original bytes, base64, so nothing is lost.")
+    label: str | None = Field(None, max_length=64, description="The label a valid feedback event carried "
+                              "(for unknown_label: the intent someone asked for that the model lacks).")

@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,6 +208,25 @@ class Registry:
         resolve_links(bundle, self.name)
         return bundle
 
+    def lineage(self, version: Version) -> list[Version]:
+        """`version`, its parent, its parent's parent, ... as far as `parent_version` tags lead."""
+        chain, seen = [version], {version.version}
+        while (parent := chain[-1].tags.get("parent_version", "")).isdigit() and int(parent) not in seen:
+            seen.add(int(parent))
+            try:
+                chain.append(self.get(int(parent)))
+            except RegistryError:  # a deleted parent ends the chain
+                break
+        return chain
+
+    def classes(self, version: Version) -> tuple[str, ...] | None:
+        """The classes of `version`, from the nearest version in its lineage that records them (online versions
+        keep their parent's classes); None if none does or the list was too long for a tag."""
+        for v in self.lineage(version):
+            if "classes" in v.tags:
+                return tuple(json.loads(v.tags["classes"]))
+        return None
+
     def find_tagged(self, key: str, value: str) -> Version | None:
         """The newest version carrying tag `key` = `value` (how a replayed registration finds its version)."""
         try:
@@ -216,6 +235,12 @@ class Registry:
             return None
         matches = [int(mv.version) for mv in found if mv.tags.get(key) == value]
         return self.get(max(matches)) if matches else None
+
+
+def class_tags(classes: Sequence[str]) -> dict[str, str]:
+    """Version tags naming a model's classes: `n_classes`, and `classes` (JSON) when it fits in a tag."""
+    text = json.dumps(list(classes))
+    return {"n_classes": str(len(classes)), **({"classes": text} if len(text) <= TAG_LIMIT else {})}
 
 
 def resolve_links(bundle: Path, model: str | None = None) -> None:

@@ -38,17 +38,17 @@ class Record:
     ts: float  # record timestamp, seconds
 
 
-def dead_letter(record: Record, reason: str, detail: str) -> DeadLetter:
+def dead_letter(record: Record, reason: str, detail: str, label: str | None = None) -> DeadLetter:
     digest = hashlib.sha256(f"{record.topic}:{record.partition}:{record.offset}:{reason}".encode()).hexdigest()
     return DeadLetter(event_id=digest[:32], reason=reason, detail=detail[:2000],
                       topic=record.topic, partition=record.partition, offset=record.offset, key=record.key,
-                      value=base64.b64encode(record.value).decode())
+                      value=base64.b64encode(record.value).decode(), label=label)
 
 
 def rejected_letter(rejected: Rejected) -> DeadLetter:
     f = rejected.feedback
     return dead_letter(Record(FEEDBACK, f.partition, f.offset, f.key, f.value, f.ts), rejected.reason,
-                       rejected.detail)
+                       rejected.detail, f.label)
 
 
 def _schema_problem(record: Record, exc: ValidationError) -> DeadLetter:
@@ -67,7 +67,8 @@ def parse_feedback(record: Record, classes: Collection[str], max_bytes: int) -> 
     except ValidationError as exc:
         return _schema_problem(record, exc)
     if event.label not in classes:
-        return dead_letter(record, "unknown_label", f"label {event.label!r} is not one of the model's intents")
+        return dead_letter(record, "unknown_label", f"label {event.label!r} is not one of the model's intents",
+                           event.label)
     return StoredFeedback(event.event_id, event.prediction_id, event.label, record.ts, record.partition,
                           record.offset, record.key, record.value)
 

@@ -34,12 +34,17 @@ class FeedbackCollector(Collector):
                                       labels=["reason"])
         for reason, n in s.stats.dead_letters.items():
             letters.add_metric([reason], n)
+        unknown = CounterMetricFamily("loopline_feedback_unknown_labels", "unknown_label dead letters by the label "
+                                      "asked for: the most frequent labels, the rest as '(other)'", labels=["label"])
+        for label, n in s.stats.top_unknown(s.settings.unknown_labels_shown):
+            unknown.add_metric([label], n)
         records = CounterMetricFamily("loopline_feedback_records", "Records consumed by topic", labels=["topic"])
         for topic, n in s.stats.records.items():
             records.add_metric([topic], n)
         progress = s.learner.progress
         yield windows
         yield letters
+        yield unknown
         yield records
         yield CounterMetricFamily("loopline_feedback_partition_pauses", "Feedback partitions paused while far "
                                   "ahead of their predictions", value=s.pacer.pauses)

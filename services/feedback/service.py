@@ -90,6 +90,10 @@ REGISTERING_HEAD = "registering-head.npz"
 REGISTERING_HOLDOUT = "registering-holdout.npz"
 
 
+MAX_UNKNOWN_LABELS = 1_000
+OTHER_LABEL = "(other)"  # parenthesised: a dataset may well have a class named "other"
+
+
 class ServiceError(Exception):
     """The service cannot start or go on (no champion, broker gone for good, ...)."""
 
@@ -101,6 +105,20 @@ class Stats:
     records: Counter[str]  # by topic
     # promoted, kept, failed and retried attempts; base changes (rebased, reset, synced); dropped registrations
     registrations: Counter[str] = field(default_factory=Counter)
+    # unknown_label dead letters by the label asked for: at most MAX_UNKNOWN_LABELS labels, the rest as OTHER
+    unknown_labels: Counter[str] = field(default_factory=Counter)
+
+    def count_unknown(self, label: str | None) -> None:
+        name = label if label is not None else OTHER_LABEL
+        if name not in self.unknown_labels and len(self.unknown_labels) >= MAX_UNKNOWN_LABELS:
+            name = OTHER_LABEL  # labels are user input: a flood of made-up ones must not grow the state
+        self.unknown_labels[name] += 1
+
+    def top_unknown(self, n: int) -> list[tuple[str, int]]:
+        """The `n` most asked-for unknown labels and, as '(other)', all the rest."""
+        named = [(k, v) for k, v in self.unknown_labels.most_common() if k != OTHER_LABEL]
+        rest = sum(v for _, v in named[n:]) + self.unknown_labels.get(OTHER_LABEL, 0)
+        return named[:n] + ([(OTHER_LABEL, rest)] if rest else [])
 
 
 class FeedbackService:
@@ -188,7 +206,7 @@ class FeedbackService:
         self.watermark.restore({_partition_key(k): float(v) for k, v in state["max_ts"].items()})
         self.checkpoint_number = checkpoint.number
         self.stats = Stats(Counter(state["windows"]), Counter(state["dead_letters"]), Counter(state["records"]),
-                           Counter(state.get("registrations", {})))
+                           Counter(state.get("registrations", {})), Counter(state.get("unknown_labels", {})))
         self.accepted_bases = set(state.get("accepted_bases", [self.learner.base_version]))
         self.next_registration = state.get("next_registration")
         self.corrections = {u: (int(c), str(i), float(t)) for u, (c, i, t) in
@@ -208,6 +226,7 @@ class FeedbackService:
             "windows": dict(self.stats.windows), "dead_letters": dict(self.stats.dead_letters),
             "records": dict(self.stats.records), "progress": self.learner.progress.to_json(),
             "registrations": dict(self.stats.registrations), "accepted_bases": sorted(self.accepted_bases),
+            "unknown_labels": dict(self.stats.unknown_labels),
             "next_registration": self.next_registration, "owed": self.owed,
         }
         files = {HEAD: self.learner.model.to_bytes(), JOIN: self.store.to_bytes(),
@@ -365,6 +384,8 @@ class FeedbackService:
 
     def _dead(self, letter: DeadLetter) -> None:
         self.stats.dead_letters[letter.reason] += 1
+        if letter.reason == "unknown_label":
+            self.stats.count_unknown(letter.label)
         self._letters.append(letter)
 
     def take_letters(self) -> list[DeadLetter]:

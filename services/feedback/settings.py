@@ -30,6 +30,9 @@ class FeedbackSettings(CommonSettings):
                                       "at its default LOOPLINE_MAX_TEXT_CHARS (1,000); raise both together.")
     max_clock_skew_s: float = Field(60.0, gt=0.0, description="Records stamped more than this ahead of the "
                                     "service's clock go to the DLQ as far_future and do not count as event time.")
+    unknown_labels_shown: int = Field(20, ge=1, le=1_000, description="/metrics counts unknown_label dead "
+                                      "letters for this many labels (the most frequent) plus '(other)': labels are "
+                                      "user input, so their number is capped.")
     holdout_share: float = Field(0.1, gt=0.0, lt=1.0, description="Share of feedback held back to judge updates.")
     holdout_size: int = Field(2_000, ge=10, description="Recent held-back examples the gate uses.")
     min_holdout: int = Field(50, ge=1, description="No update is published before this many are held back.")

@@ -28,7 +28,7 @@ import mlflow
 from models.bundle import ENCODER_FILE, HEAD_FILE, link_head, verify_bundle
 from models.ftrl import FTRLProximal
 from models.serving_head import ServingHead
-from services.common.registry import Registry, Version
+from services.common.registry import Registry, Version, class_tags
 from services.feedback.learner import Comparison, OnlineLearner
 from services.feedback.settings import FeedbackSettings
 
@@ -138,6 +138,7 @@ class VersionKeeper:
         tags: dict[str, Any] = {"source": "online", "parent_version": base, "online.sequence": learner.sequence,
                                 HEAD_TAG: key, "online.trigger": trigger,
                                 "online.offsets": json.dumps(offsets, sort_keys=True)[:5000],
+                                **class_tags(learner.model.classes),
                                 **{f"metric.{k}": f"{v:.4f}" for k, v in metrics.items()}}
         description = (f"Online head {key}: FTRL updates on joined feedback on top of v{base}, "
                        f"{progress.examples} examples scored before learning "

@@ -166,8 +166,10 @@ class Service:
                user: dict[str, Any] | None = None) -> Prediction:
         proba, indices, values, embedding = result
         order = proba.argsort()[::-1][: self.settings.top_k]
+        fallback = not bool(snapshot.fallback.answered(proba[None, :], snapshot.classes)[0])
         prediction = Prediction(
             prediction_id=uuid.uuid4().hex, intent=snapshot.classes[order[0]], model_version=snapshot.version,
+            fallback=fallback,
             probabilities=[IntentProbability(intent=snapshot.classes[i], probability=float(proba[i])) for i in order])
         event = PredictionEvent(
             prediction_id=prediction.prediction_id, model_version=snapshot.version, user_id=request.user_id,
@@ -320,7 +322,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         if snapshot is None:
             raise HTTPException(503, "no model loaded yet")
         return CurrentModel(version=snapshot.version, base_version=snapshot.base_version,
-                            online_sequence=snapshot.sequence, loaded_at=snapshot.loaded_at, lineage=snapshot.lineage)
+                            online_sequence=snapshot.sequence, loaded_at=snapshot.loaded_at, lineage=snapshot.lineage,
+                            classes=list(snapshot.classes), fallback=snapshot.fallback.to_dict())
 
     @app.post("/v1/admin/reload", response_model=CurrentModel, dependencies=[Depends(admin)])
     async def reload() -> CurrentModel:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from models.bundle import BundleError
+from models.fallback import NEVER, Fallback
 from models.features import FeatureSpec
 from models.ftrl import Batch, HeadDelta
 from models.onnx_encoder import OnnxEncoder
@@ -41,6 +42,7 @@ class Snapshot:
     sequence: int = 0  # online updates applied on top of base_version
     loaded_at: float = field(default_factory=time.time)
     lineage: dict[str, Any] = field(default_factory=dict)
+    fallback: Fallback = NEVER  # from the manifest: when to answer "not understood"
 
     @property
     def version(self) -> str:
@@ -76,7 +78,7 @@ class ModelStore:
             self.failed_loads += 1
             raise LoadError(f"version {version} refused: {exc}") from exc
         snapshot = Snapshot(predictor.encoder, ServingHead.from_model(predictor.head), predictor.spec, version,
-                            lineage=dict(predictor.manifest.lineage))
+                            lineage=dict(predictor.manifest.lineage), fallback=predictor.manifest.fallback_policy)
         with self._write:
             self._swap(snapshot)
         return snapshot

@@ -43,7 +43,10 @@ class IntentProbability(BaseModel):
 
 class Prediction(BaseModel):
     prediction_id: str = Field(description="Quote it in feedback events.")
-    intent: str
+    intent: str = Field(description="The most likely intent.")
+    fallback: bool = Field(description="True when the model is unsure (the top probability is under the threshold "
+                           "chosen at training for the target precision) or the top intent is the out-of-scope "
+                           "class: answer 'I did not understand' rather than act on `intent`.")
     probabilities: list[IntentProbability] = Field(description="Top-k intents, most likely first.")
     model_version: str = Field(description="'N' for registry version N, 'N+ftrl.K' after K online updates.")
 
@@ -58,6 +61,9 @@ class CurrentModel(BaseModel):
     online_sequence: int = Field(description="Head deltas from model-updates applied on top of it.")
     loaded_at: float = Field(description="Unix seconds of the last swap (full load or delta).")
     lineage: dict[str, Any] = Field(description="From the bundle manifest: parent version, data, offsets.")
+    classes: list[str] = Field(description="The intents this model answers with, from its training data.")
+    fallback: dict[str, Any] = Field(description="When it answers with fallback: threshold, out-of-scope class, "
+                                     "and the precision and coverage measured when the threshold was chosen.")
 
 
 class RollbackRequest(Strict):

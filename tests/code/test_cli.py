@@ -28,17 +28,17 @@ def test_data_generate_refuses_an_unknown_scenario(tmp_path) -> None:
     assert not (tmp_path / "events.parquet").exists()
 
 
-def test_data_check_accepts_good_and_explains_bad_files(tmp_path) -> None:
+def test_data_check_accepts_any_labels_and_says_how_it_splits(tmp_path) -> None:
     good = tmp_path / "good.csv"
-    good.write_text("text,label\nturn on wifi,toggle_wifi\n")
+    good.write_text("text,label\n" + "".join(f"make me a {d},make_coffee\nbrew {d} tea,make_tea\n"
+                                              for d in ("strong", "weak", "hot", "cold", "big")))
     ok = runner.invoke(app, ["data", "check", str(good)])
-    assert ok.exit_code == 0 and "1 rows" in ok.output
+    assert ok.exit_code == 0, ok.output
+    assert "10 rows used, 2 classes" in ok.output and "stratified by label" in ok.output
     bad = tmp_path / "bad.csv"
-    bad.write_text("text,label\nturn on wifi,make_coffee\n")
+    bad.write_text("text,label\nturn on wifi,toggle_wifi\n")
     result = runner.invoke(app, ["data", "check", str(bad)])
-    assert result.exit_code == 2
-    assert "unknown label(s) make_coffee" in result.output
-    assert runner.invoke(app, ["data", "check", str(bad), "--any-labels"]).exit_code == 0
+    assert result.exit_code == 2 and "a single class (toggle_wifi)" in result.output
 
 
 def test_evaluate_with_the_tiny_encoder_writes_its_report(tmp_path) -> None:
