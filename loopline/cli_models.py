@@ -36,18 +36,23 @@ def list_versions(limit: int = typer.Option(20, min=1, help="Newest versions to 
         console.print(f"no versions of [bold]{registry.name}[/] at {registry.settings.tracking_uri}")
         return
     table = Table(title=f"{registry.name} at {registry.settings.tracking_uri}")
-    for column in ("version", "aliases", "created", "source", "accuracy", "vs champion", "gates", "MB",
-                   "parent", "decision"):
+    for column in ("version", "aliases", "created", "source", "classes", "accuracy", "vs champion", "fallback",
+                   "gates", "MB", "parent", "decision"):
         table.add_column(column, overflow="fold")
     for v in versions:
         created = datetime.fromtimestamp(v.created_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
         delta = v.tags.get("vs_champion.accuracy_delta", "")
         vs = f"{delta} vs v{v.tags['vs_champion.version']}" if delta else ""
+        if delta and "shared classes" in v.tags.get("vs_champion.scored_on", ""):
+            vs += " (shared classes only)"
+        fallback = (f"{v.tags['fallback.precision']} precision, {v.tags['fallback.coverage']} answered at "
+                    f"{v.tags['fallback.threshold']}" if "fallback.threshold" in v.tags else "")
         gates = "passed" if v.tags.get("gate.passed") == "true" else v.tags.get("gate.passed", "")
         if gates == "passed":
             gates += f" ({v.tags.get('gate.agreement', '?')} agree)"
         table.add_row(str(v.version), ",".join(v.aliases), created, v.tags.get("source", ""),
-                      v.tags.get("metric.accuracy", ""), vs, gates, v.tags.get("deployed_mb", ""),
+                      v.tags.get("n_classes", ""), v.tags.get("metric.accuracy", ""), vs, fallback, gates,
+                      v.tags.get("deployed_mb", ""),
                       v.tags.get("parent_version", "") or "-", v.tags.get("deploy.decision", ""))
     console.print(table)
 
