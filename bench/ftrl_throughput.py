@@ -38,10 +38,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from models.catalog import INTENTS
 from models.encoder import Encoder
 from models.features import FeatureSpec, hash_batch
 from models.ftrl import Batch, Example, FTRLParams, FTRLProximal
+from models.traffic import GENERATED_INTENTS as INTENTS
 from models.traffic import TrafficConfig, generate
 
 console = Console()

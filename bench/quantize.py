@@ -43,7 +43,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from models.catalog import INTENTS
 from models.compile import OnnxEncoder, export_onnx, optimize_onnx
 from models.encoder import Encoder
 from models.features import FeatureSpec
@@ -56,6 +55,7 @@ from models.quantize import (
     quantize_onnx,
     summarize_latency,
 )
+from models.traffic import GENERATED_INTENTS as INTENTS
 from models.traffic import TrafficConfig, generate
 from models.train import HeadConfig, featurize, train_head, user_records
 

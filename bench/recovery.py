@@ -72,10 +72,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from models.catalog import INTENTS
 from models.features import USER_FIELDS
 from models.ftrl import Batch, FTRLProximal
 from models.predict import Predictor
+from models.traffic import GENERATED_INTENTS as INTENTS
 from models.traffic import TrafficConfig, generate
 from models.train import featurize
 from services.common.events import FEEDBACK, PREDICTIONS, FeedbackEvent, LoggedFeatures, PredictionEvent
@@ -216,7 +216,7 @@ def prepare(seed: int, args: argparse.Namespace, compiled: Any, work: Path, bar:
         fp32 = embed.fn(train.texts + stream.texts, args.encoder, fingerprint(args.encoder))
     train.fp32, stream.fp32 = fp32[: len(train.texts)], fp32[len(train.texts):]
     with flow_progress(bar, f"seed {seed}: "):
-        head = fit_head.fn(train.texts, train.fp32, train.users, train.labels, args.epochs, seed)
+        head = fit_head.fn(train.texts, train.fp32, train.users, train.labels, INTENTS, args.epochs, seed)
     bundle = build_bundle.fn(compiled, head, args.encoder, {}, {"source": "bench/recovery.py", "seed": seed},
                              work / f"bundle-{seed}")
     predictor = Predictor(bundle, threads=args.threads)
@@ -442,7 +442,7 @@ def run_retrained(data: SeedData, seed: int, args: argparse.Namespace, bar: Prog
         for n in sizes:
             rows = order[:n]
             head = fit_head.fn([s.texts[i] for i in rows], s.fp32[rows], [s.users[i] for i in rows],
-                               [s.labels[i] for i in rows], args.epochs, seed)
+                               [s.labels[i] for i in rows], INTENTS, args.epochs, seed)
             out[str(n)] = accuracy(head, data.test)
     out["all_by_wording"] = by_wording(head, data.test)  # the last one: trained on all
     return out

@@ -279,10 +279,10 @@ def start_stack(workdir: Path, registry_interval_s: float, exits: ExitStack, log
 def tiny_bundle(folder: Path) -> Path:
     """A bundle as the train flow writes it, with a tiny random encoder (FP32 ONNX) and no drift reference."""
     from models.bundle import ENCODER_FILE, HEAD_FILE, TOKENIZER_DIR, write_manifest
-    from models.catalog import INTENTS
     from models.compile import export_onnx
     from models.encoder import Encoder
     from models.features import FeatureSpec
+    from models.traffic import GENERATED_INTENTS as INTENTS
     from models.traffic import TrafficConfig, generate
     from models.train import HeadConfig, featurize, train_head
 

@@ -82,8 +82,8 @@ REMOVED = re.compile(r"removed (\d+) download folder")  # services/serving/downl
 
 def tiny_model(seed: int = 1) -> TinyModel:
     """A tiny random encoder and a head trained on its embeddings, as tests/conftest.py's `trained`."""
-    from models.catalog import INTENTS
     from models.encoder import Encoder
+    from models.traffic import GENERATED_INTENTS as INTENTS
     from models.traffic import TrafficConfig, generate
     from models.train import HeadConfig, featurize, train_head
     from tests.conftest import SPEC

@@ -79,13 +79,13 @@ from workspace import workspace  # bench/workspace.py
 from infra.broker import start_broker
 from infra.process import HOST, ManagedProcess, free_port
 from models.bundle import ENCODER_FILE, HEAD_FILE, TOKENIZER_DIR, BundleError, verify_bundle, write_manifest
-from models.catalog import INTENTS
 from models.compile import export_onnx, optimize_onnx
 from models.encoder import Encoder
 from models.features import FeatureSpec
 from models.ftrl import FTRLProximal
 from models.predict import Predictor
 from models.quantize import QuantizeConfig, quantize_onnx
+from models.traffic import GENERATED_INTENTS as INTENTS
 from models.traffic import TrafficConfig, generate
 from models.train import HeadConfig, featurize, train_head, user_records
 

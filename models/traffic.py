@@ -30,6 +30,8 @@ import pandas as pd
 from models import catalog
 
 SCENARIOS: tuple[str, ...] = ("stable", "new_phrasing", "new_app", "prior_shift", "label_flip")
+# The label set of generated traffic, sorted as a model trained on it orders its classes (models.data.class_list).
+GENERATED_INTENTS: tuple[str, ...] = tuple(sorted(catalog.INTENTS))
 TYPO_KEYS = "abcdefghijklmnopqrstuvwxyz"
 
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from models.bundle import DRIFT_REFERENCE_DIR, ENCODER_FILE, HEAD_FILE, TOKENIZER_DIR, write_manifest
-from models.catalog import INTENTS
 from models.compile import export_onnx
 from models.encoder import Encoder
 from models.features import FeatureSpec
 from models.ftrl import FTRLProximal
+from models.traffic import GENERATED_INTENTS as INTENTS
 from models.traffic import TrafficConfig, generate
 from models.train import HeadConfig, featurize, train_head, user_records
 from services.feedback.drift import DriftSettings, Reference, build_reference

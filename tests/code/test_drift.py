@@ -14,7 +14,7 @@ from evidently.ui.service.base import SeriesFilter
 from evidently.ui.service.storage.local.base import InMemoryDataStorage
 from evidently.ui.workspace import Workspace
 
-from models.catalog import INTENTS
+from models.traffic import GENERATED_INTENTS as INTENTS
 from models.traffic import TrafficConfig, generate
 from services.feedback.drift import (
     ACCURACY_PANEL,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from models.catalog import INTENTS
+from models.traffic import GENERATED_INTENTS as INTENTS
 from models.traffic import TrafficConfig, generate
 from models.train import featurize
 from services.common.events import FEEDBACK, PREDICTIONS, FeedbackEvent, LoggedFeatures, PredictionEvent

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.catalog import INTENTS
+from models.traffic import GENERATED_INTENTS as INTENTS
 from models.traffic import TrafficConfig, generate
 from models.train import featurize
 from services.common.events import (

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.catalog import INTENTS
 from models.ftrl import FTRLProximal
 from models.serving_head import ServingHead
+from models.traffic import GENERATED_INTENTS as INTENTS
 from models.traffic import TrafficConfig, generate
 from models.train import featurize
 from services.feedback.join import Joined, StoredFeedback, StoredPrediction

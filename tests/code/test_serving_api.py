@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from models.catalog import INTENTS
+from models.traffic import GENERATED_INTENTS as INTENTS
 from services.serving.app import create_app
 from services.serving.settings import ServingSettings
 

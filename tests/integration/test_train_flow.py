@@ -29,7 +29,7 @@ from flows.train import TrainResult
 from loopline.cli import app
 from loopline.ui import console
 from models.bundle import DRIFT_REFERENCE_DIR, verify_bundle
-from models.catalog import INTENTS
+from models.traffic import GENERATED_INTENTS as INTENTS
 from services.common.registry import CHALLENGER, CHAMPION, Registry
 from services.common.settings import CommonSettings
 from services.feedback.drift import DriftSettings, Reference

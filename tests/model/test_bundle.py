@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from models.bundle import HEAD_FILE, MANIFEST, TOKENIZER_DIR, BundleError
-from models.catalog import INTENTS
 from models.features import FeatureSpec
 from models.predict import Predictor
+from models.traffic import GENERATED_INTENTS as INTENTS
 from models.train import featurize
 
 SPEC = FeatureSpec(bits=12)  # what the tiny_bundle fixture hashes with

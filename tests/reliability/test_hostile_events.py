@@ -38,7 +38,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 from infra.broker import DEFAULT_PARTITIONS
-from models.catalog import INTENTS
+from models.traffic import GENERATED_INTENTS as INTENTS
 from models.traffic import TrafficConfig, generate
 from services.common.events import FEEDBACK, FEEDBACK_DLQ, PREDICTIONS, DeadLetter, FeedbackEvent
 from services.feedback.settings import FeedbackSettings
