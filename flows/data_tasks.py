@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,18 @@ from services.common import features as feast_client
 from services.common.settings import CommonSettings
 
 GENERATOR = "generator:"  # data_uri prefix of generated traffic: generator:<scenario>?seed=..&n_events=..
-COLUMNS = ("text", "label", "truth", "user_id", "ts")
+RUN_ARTIFACT = "runs:/"  # rows an earlier run logged (a few-shot champion's draw), fetched through MLflow
+COLUMNS = ("text", "label", "truth", "user_id", "ts", "split")
+
+
+@dataclass(frozen=True)
+class RecordedData:
+    """Where a version's training data came from and how it was split: a retrain on the same data splits it
+    the same way, so the champion is scored on rows it did not train on."""
+
+    uri: str
+    seed: int
+    holdout: float
 
 
 @dataclass(frozen=True)
@@ -38,8 +49,10 @@ class Dataset:
     data_hash: str  # of the table as read (text, label)
     data_uri: str  # what a retrain reads again: a path or URI, or generator:<scenario>?...
     scenario: str  # of generated traffic, else "custom"
-    how: str  # time, stratified or shots
+    how: str  # time, stratified, shots or given
     note: str  # how the rows were split, in one line
+    split_seed: int = 0
+    holdout: float = 0.2
 
     @property
     def generated(self) -> bool:
@@ -62,11 +75,14 @@ def _retry_unless_bad_data(task: Task[Any, Any], task_run: TaskRun, state: State
 
 
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_unless_bad_data)
-def load_data(config: TrainConfig, champion_data: str | None = None) -> Dataset:
+def load_data(config: TrainConfig, recorded: RecordedData | None = None) -> Dataset:
     """Read the dataset (or generate traffic), validate it and split it into training and evaluation rows."""
-    source = config.data_path or (champion_data if config.from_champion else None)
+    source = config.data_path
+    split = config.split()
+    if source is None and config.from_champion and recorded is not None:
+        source, split = recorded.uri, replace(split, seed=recorded.seed, holdout=recorded.holdout)
     if source is not None and not source.startswith(GENERATOR):
-        if not is_uri(source):
+        if not is_uri(source) and not source.startswith(RUN_ARTIFACT):
             source = str(Path(source).resolve())  # a retrain reads it again, from another working folder
         frame, users, scenario = _read(source), None, "custom"
         frame["truth"] = frame["label"]
@@ -79,16 +95,16 @@ def load_data(config: TrainConfig, champion_data: str | None = None) -> Dataset:
         source = f"{GENERATOR}{scenario}?seed={config.seed}&n_events={config.n_events}&n_users={config.n_users}"
         data_hash = frame_hash(frame[["text", "label"]])
     frame = frame[[c for c in COLUMNS if c in frame.columns]]
-    prepared = prepare(frame, config.split(), source=source)
+    prepared = prepare(frame, split, source=source)
     get_run_logger().info("%s: %d rows, %d classes; %s", source, len(prepared.frame), len(prepared.classes),
                           prepared.note)
     return Dataset(prepared.frame, users, prepared.cut, prepared.classes, data_hash, source, scenario,
-                   prepared.how, prepared.note)
+                   prepared.how, prepared.note, split.seed, split.holdout)
 
 
 def _read(source: str) -> pd.DataFrame:
     """A dataset at a path or URI; `runs:/` (the rows an earlier run recorded) through MLflow."""
-    if not source.startswith("runs:/"):
+    if not source.startswith(RUN_ARTIFACT):
         return load_dataset(source)
     import mlflow
     from mlflow.exceptions import MlflowException

@@ -11,6 +11,7 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.data_tasks import RecordedData
 from models.bundle import BundleError
 from models.evaluate import Comparison
 from models.predict import Predictor
@@ -32,18 +33,19 @@ def code_version() -> str:
 
 
 @task(retries=2, retry_delay_seconds=3)
-def champion_data(settings: CommonSettings) -> str | None:
-    """The data the champion was trained on, as the nearest train version in its lineage recorded it."""
+def champion_data(settings: CommonSettings) -> RecordedData | None:
+    """The data the champion was trained on and how it was split, as the nearest train version in its lineage
+    recorded it."""
     registry = Registry(settings)
     champion = registry.champion()
     if champion is None:
         return None
     for version in registry.lineage(champion):
-        uri = version.tags.get("data_uri")
-        if uri:
-            get_run_logger().info("champion v%d's data: %s (recorded on v%d)", champion.version, uri,
+        tags = version.tags
+        if tags.get("data_uri"):
+            get_run_logger().info("champion v%d's data: %s (recorded on v%d)", champion.version, tags["data_uri"],
                                   version.version)
-            return uri
+            return RecordedData(tags["data_uri"], int(tags.get("split_seed", 0)), float(tags.get("holdout", 0.2)))
     return None
 
 

@@ -92,7 +92,8 @@ def train_flow(config: TrainConfig | None = None) -> TrainResult:
 
             parent = registry.champion()
             lineage = {"data_uri": data_uri, "data_hash": data_hash, "scenario": data.scenario,
-                       "n_train": data.cut, "n_classes": len(classes), "code_version": code_version(),
+                       "split_seed": data.split_seed, "holdout": data.holdout, "n_train": data.cut,
+                       "n_classes": len(classes), "code_version": code_version(),
                        "parent_version": parent.version if parent else None, "source": "train",
                        "train_run_id": run.info.run_id}
             reference = drift_reference(eval_texts, embeddings[eval_rows], fp32_proba, head.classes, eval_users, truth)

@@ -11,6 +11,7 @@ these files (FP32 or INT8, see models.quantize) with the same batching as
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,15 @@ def export_onnx(encoder: Encoder, path: str | Path) -> Path:
 
 def optimize_onnx(src: str | Path, dst: str | Path, num_heads: int, hidden_size: int) -> Path:
     """Fuse embeddings+LayerNorm, attention and bias+GELU (ORT transformer optimizer, model type bert)."""
+    import onnxruntime.transformers
     from onnxruntime.transformers.fusion_options import FusionOptions
+
+    # ORT's optimizer imports its sibling modules as top-level ones (`from fusion_options import ...`): the package
+    # puts its folder on sys.path when first imported, and code that restores sys.path afterwards (pytest's
+    # monkeypatch.syspath_prepend does) leaves the optimizer unimportable.
+    folder = str(Path(onnxruntime.transformers.__file__).parent)
+    if folder not in sys.path:
+        sys.path.append(folder)
     from onnxruntime.transformers.optimizer import optimize_model
 
     dst = Path(dst)

@@ -7,6 +7,9 @@
   out whole classes.
 - With `shots`: `shots` rows of every class train (seeded), as at a product launch;
   a few more of each class, from the rows left, evaluate (`holdout` of the rows used).
+- With a `split` column (`train` or `eval` on every row): that split, as given. The
+  rows a run used are recorded so, and a retrain on them scores the champion on rows
+  it did not train on.
 
 `prepare` refuses what cannot be trained and evaluated: a single class, a class
 too small for the split, a class whose rows all fall in the holdout. `loopline data
@@ -32,6 +35,8 @@ import numpy as np
 import pandas as pd
 
 from models.data import DatasetError, class_list
+
+SPLIT = "split"  # optional column: train or eval on every row
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,11 @@ def prepare(frame: pd.DataFrame, config: SplitConfig, source: str = "dataset") -
     counts = frame["label"].value_counts()
     if len(counts) < 2:
         raise DatasetError(f"{source}: a single class ({counts.index[0]}); a classifier needs at least two")
-    if config.shots is not None:
+    if SPLIT in frame.columns and config.shots is None:
+        train, evaluate = _given(frame, source)
+        how = "given"
+        note = f"the split column decides: {len(train):,} rows train, {len(evaluate):,} evaluate"
+    elif config.shots is not None:
         train, evaluate = _few_shot(frame, counts, config, source)
         how = "shots"
         note = (f"{config.shots} rows of each of {len(counts)} classes train, {len(evaluate):,} more evaluate "
@@ -88,9 +97,27 @@ def prepare(frame: pd.DataFrame, config: SplitConfig, source: str = "dataset") -
         how = "stratified"
         note = (f"no ts column: a seeded split stratified by label (seed {config.seed}), {config.holdout:.0%} "
                 f"of every class ({len(evaluate):,} rows) evaluate")
-    used = pd.concat([frame.loc[train], frame.loc[evaluate]], ignore_index=True)
+    used = pd.concat([frame.loc[train], frame.loc[evaluate]], ignore_index=True).drop(columns=[SPLIT],
+                                                                                      errors="ignore")
     labels = used["label"] if "truth" not in used.columns else pd.concat([used["label"], used["truth"]])
     return Prepared(used, len(train), class_list(labels), how, note)
+
+
+def _given(frame: pd.DataFrame, source: str) -> tuple[np.ndarray, np.ndarray]:
+    split = frame[SPLIT].astype("string").str.strip().str.lower()
+    bad = ~split.isin(["train", "eval"])
+    if bad.any():
+        first = int(bad.to_numpy().nonzero()[0][0])
+        raise DatasetError(f"{source}: column split must say train or eval on every row; row {first + 2} says "
+                           f"{frame[SPLIT].iloc[first]!r}")
+    train, evaluate = frame.index[split == "train"].to_numpy(), frame.index[split == "eval"].to_numpy()
+    if len(train) == 0 or len(evaluate) == 0:
+        raise DatasetError(f"{source}: column split needs rows of both train and eval")
+    untrained = sorted(set(frame["label"]) - set(frame.loc[train, "label"]))
+    if untrained:
+        raise DatasetError(f"{source}: class(es) {', '.join(untrained[:5])} have no train row in column split: "
+                           "nothing to learn them from")
+    return train, evaluate
 
 
 def _by_time(frame: pd.DataFrame, config: SplitConfig, source: str) -> tuple[np.ndarray, np.ndarray]:
