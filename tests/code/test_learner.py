@@ -26,7 +26,7 @@ def examples(trained: TinyModel, n: int, seed: int, flip: bool = False) -> list[
     csr = batch.sparse.tocsr()
     out = []
     for i, row in enumerate(events.itertuples()):
-        # a fixed derangement onto unrelated intents (neighbours in sorted order are often alike: set_alarm, set_reminder)
+        # a fixed derangement onto unrelated intents (sorted neighbours are often alike: set_alarm, set_reminder)
         label = INTENTS[(INTENTS.index(row.true_label) + 7) % len(INTENTS)] if flip else row.label
         prediction = StoredPrediction(
             f"p{seed}-{i}", float(i), "1", None, row.text, "x", 0.5,
