@@ -37,8 +37,10 @@ if TYPE_CHECKING:
     from infra.process import ManagedProcess
     from infra.stack import Stack
     from loopline.demo.plan import DemoPlan
+    from loopline.demo.report import Freshness
     from loopline.demo.simulator import Simulator
     from loopline.demo.watch import Watch
+    from loopline.demo.your_data import TestScore
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,15 @@ def demo(
     rate: float | None = typer.Option(None, min=1.0, help="Requests per second the replay aims at "
                                                           "[default: by size].", show_default=False),
     seed: int = typer.Option(0),
-    retrain: bool = typer.Option(True, help="Run `loopline flows serve`, so a drift alert starts a retrain."),
+    data: str | None = typer.Option(None, help="Your own dataset (text,label[,user_id,ts]; CSV, Parquet or JSONL): "
+                                               "a few-shot champion trains on it, the rest of its rows are the "
+                                               "traffic, their labels the feedback.", show_default=False),
+    test: str | None = typer.Option(None, help="With --data: a test file scored through serving before and after "
+                                               "the replay.", show_default=False),
+    shots: int = typer.Option(10, min=1, help="With --data: rows of every intent the champion trains on."),
+    retrain: bool | None = typer.Option(None, "--retrain/--no-retrain", show_default=False,
+                                        help="Run `loopline flows serve`, so a drift alert starts a retrain "
+                                             "[default: on, off with --data]."),
     reset: bool = typer.Option(False, help="Stop a stack found in the state folder and delete its data first."),
     broker_port: int | None = _port("broker", "LOOPLINE_BROKER_PORT", 9092),
     mlflow_port: int | None = _port("mlflow", "LOOPLINE_MLFLOW_PORT", 5000),
@@ -81,7 +91,8 @@ def demo(
     if size not in ("full", "small"):
         fail(f"--size must be full or small, got {size!r}")
     try:
-        plan = DemoPlan.make(cast(Size, size), encoder, seed, events, rate, retrain)
+        plan = DemoPlan.make(cast(Size, size), encoder, seed, events, rate,
+                             retrain if retrain is not None else data is None, data, test, shots)
     except ValueError as exc:
         fail(str(exc))
     settings = _settings(state_dir=state_dir, broker_port=broker_port, mlflow_port=mlflow_port,
@@ -111,8 +122,10 @@ def demo(
         _up(stack)
         if runner is not None:
             _wait_deployment(stack, runner)
-        console.rule("[bold]4. traffic replay with drift onset")
+        before = _score_test(plan, stack, "the few-shot champion")
+        console.rule("[bold]4. traffic replay" + ("" if plan.on_data else " with drift onset"))
         sim, watch = _replay(plan, stack, first)
+        after = _score_test(plan, stack, "after the replay")
         cut = False
         if runner is not None and not _wait_retrain(watch, began + plan.budget_s):
             cut = True
@@ -120,7 +133,7 @@ def demo(
             runner = None
         watch.stop()
         console.rule("[bold]5. summary")
-        _report(plan, stack, sim, watch, out, began, cut)
+        _report(plan, stack, sim, watch, out, began, cut, before, after)
     except DemoError as exc:
         fail(f"{exc}\nwhat runs is left for a look: `loopline status{_state_flag(stack)}` shows it, "
              f"`loopline down{_state_flag(stack)}` stops it")
@@ -198,11 +211,20 @@ def _print_plan(plan: DemoPlan, stack: Stack) -> None:
     table = Table(title=f"loopline demo ({plan.size}, {plan.encoder}) in {stack.state_dir}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    traffic = plan.traffic()
-    table.add_row("training", f"{plan.train_events:,} generated stable utterances, {plan.encoder}, seed {plan.seed}")
-    table.add_row("replay", f"{plan.events:,} predict requests at {plan.rate:g}/s over HTTP, {plan.workers} clients; "
-                            f"{traffic.scenario} drift from request {traffic.onset_index:,} on "
-                            f"(strength {plan.strength:g}: share of requests in the new wording)")
+    if plan.on_data:
+        table.add_row("training", f"{plan.shots} rows of every intent of {plan.data} (seeded draw, seed "
+                                  f"{plan.seed}), {plan.encoder}")
+        table.add_row("replay", f"the other {plan.events:,} rows, shuffled, as predict requests at {plan.rate:g}/s "
+                                f"over HTTP, {plan.workers} clients; made-up users where the data has none")
+        table.add_row("test split", f"{plan.test}, through serving before and after the replay" if plan.test
+                      else "none (--test)")
+    else:
+        traffic = plan.traffic()
+        table.add_row("training", f"{plan.train_events:,} generated stable utterances, {plan.encoder}, "
+                                  f"seed {plan.seed}")
+        table.add_row("replay", f"{plan.events:,} predict requests at {plan.rate:g}/s over HTTP, {plan.workers} "
+                                f"clients; {traffic.scenario} drift from request {traffic.onset_index:,} on "
+                                f"(strength {plan.strength:g}: share of requests in the new wording)")
     table.add_row("feedback", plan.feedback.describe() + "; over Kafka, keyed by prediction id")
     table.add_row("retrain", f"on drift: `loopline {' '.join(plan.retrain_command())}`" if plan.retrain else "off")
     table.add_row("stack settings", ", ".join(
@@ -302,11 +324,10 @@ def _stop(runner: ManagedProcess) -> None:
 def _replay(plan: DemoPlan, stack: Stack, first: int) -> tuple[Simulator, Watch]:
     from loopline.demo.simulator import Simulator
     from loopline.demo.watch import Watch
-    from models.traffic import generate
     from services.common.registry import Registry
     from services.common.settings import CommonSettings
 
-    requests = generate(plan.traffic()).events
+    requests = plan.requests()
     parts = stack.parts
     watch = Watch(parts["serving"].url, parts["feedback"].url, parts["broker"].url, parts["prefect"].url,
                   stack.model_name, Registry(CommonSettings()), first).start()
@@ -355,6 +376,8 @@ def _view(plan: DemoPlan, sim: Simulator, watch: Watch, phase: str = "") -> Tabl
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
     onset = plan.onset_index
+    if plan.on_data:
+        phase = phase or f"your data: the rows the {plan.shots}-shot champion did not train on"
     phase = phase or ("before the drift onset" if sim.sent < onset else f"drift onset at request {onset:,}")
     accuracy = sim.accuracy()
     progressive = watch.metric("loopline_feedback_progressive_accuracy")
@@ -411,8 +434,24 @@ def _wait_retrain(watch: Watch, deadline: float) -> bool:
 # -- summary -------------------------------------------------------------------------------------
 
 
+def _score_test(plan: DemoPlan, stack: Stack, when: str) -> TestScore | None:
+    """The test split through serving's batch endpoint, if the plan has one."""
+    if plan.test is None:
+        return None
+    from loopline.demo.your_data import held_out_rows, score_over_http
+
+    with console.status(f"scoring {plan.test} through serving ({when})..."):
+        try:
+            score = score_over_http(stack.parts["serving"].url, held_out_rows(plan.test))
+        except httpx.HTTPError as exc:
+            raise DemoError(f"scoring the test split failed: {exc}") from exc
+    console.print(f"  test split, {when}: accuracy {score.accuracy:.3f} on {score.n:,} rows (v{score.version}), "
+                  f"{score.answered:.0%} answered, the rest with fallback", highlight=False)
+    return score
+
+
 def _report(plan: DemoPlan, stack: Stack, sim: Simulator, watch: Watch, out: Path, began: float,
-            retrain_cut: bool) -> None:
+            retrain_cut: bool, before: TestScore | None = None, after: TestScore | None = None) -> None:
     from dataclasses import replace
 
     from loopline.demo.report import freshness, plot, summarize, summary_table
@@ -422,6 +461,9 @@ def _report(plan: DemoPlan, stack: Stack, sim: Simulator, watch: Watch, out: Pat
     for answer in sim.answers:
         watch.seen(answer.version, answer.done)
     fresh = freshness(sim.feedback, watch.updates, watch.first_seen, fb.update_interval_s, fb.holdout_share)
+    if plan.on_data:
+        _report_learning(plan, stack, sim, watch, out, began, fresh, before, after)
+        return
     events = [e["occurred"] for e in watch.drift_events if e["occurred"] is not None]
     # Detection is the feedback service's alert (seen on its /metrics, 1 s polls); the Prefect event follows it.
     drift_time = watch.alert_seen if watch.alert_seen is not None else min(events, default=None)
@@ -437,6 +479,10 @@ def _report(plan: DemoPlan, stack: Stack, sim: Simulator, watch: Watch, out: Pat
     (out / "summary.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
     _write_record(out / "demo.json", plan, sim, watch, fresh.seconds)
     console.print(summary_table(summary))
+    _print_links(plan, stack, png, out)
+
+
+def _print_links(plan: DemoPlan, stack: Stack, png: Path, out: Path) -> None:
     parts = stack.parts
     prefect_ui = parts["prefect"].url.removesuffix("/api")
     console.print(f"plot: [bold]{png}[/]  summary: {out / 'summary.json'}  everything recorded: {out / 'demo.json'}")
@@ -446,6 +492,27 @@ def _report(plan: DemoPlan, stack: Stack, sim: Simulator, watch: Watch, out: Pat
                   "(drift share and accuracy per window)\nserving    "
                   f"{parts['serving'].url}/docs", soft_wrap=True, highlight=False)
     console.print(f"the stack stays up for exploring; stop it with `loopline down{_state_flag(stack)}`")
+
+
+def _report_learning(plan: DemoPlan, stack: Stack, sim: Simulator, watch: Watch, out: Path, began: float,
+                     fresh: Freshness, before: TestScore | None, after: TestScore | None) -> None:
+    from dataclasses import replace
+
+    from loopline.demo.learning import learning_table, plot_learning, summarize_learning
+
+    assert plan.data is not None
+    try:
+        summary = summarize_learning(plan.data, plan.shots, sim.answers, sim.feedback, sim.failed, plan.rolling,
+                                     fresh, watch.metrics, list(watch.versions.values()), before, after)
+    except ValueError as exc:
+        raise DemoError(f"no summary: {exc}") from exc
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_learning(out / "demo.png", sim.answers, plan.rolling, watch.updates, summary)
+    summary = replace(summary, wall_s=time.time() - began)
+    (out / "summary.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
+    _write_record(out / "demo.json", plan, sim, watch, fresh.seconds)
+    console.print(learning_table(summary))
+    _print_links(plan, stack, png, out)
 
 
 def _write_record(path: Path, plan: DemoPlan, sim: Simulator, watch: Watch, fresh: list[float]) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 
 from flows.config import TrainConfig
 from models.traffic import TrafficConfig
@@ -74,12 +75,20 @@ class DemoPlan:
     workers: int = 4  # concurrent HTTP clients
     feedback: FeedbackModel = field(default_factory=FeedbackModel)
     stack_env: dict[str, str] = field(default_factory=dict)  # LOOPLINE_* for serving and the feedback service
+    data: str | None = None  # your own dataset: a few-shot champion, the rest replayed (loopline/demo/your_data.py)
+    test: str | None = None  # scored through serving before and after the replay
+    shots: int = 10
 
     @classmethod
     def make(cls, size: Size, encoder: str = "minilm", seed: int = 0, events: int | None = None,
-             rate: float | None = None, retrain: bool = True) -> DemoPlan:
+             rate: float | None = None, retrain: bool = True, data: str | None = None, test: str | None = None,
+             shots: int = 10) -> DemoPlan:
         if encoder not in ("minilm", "tiny"):
             raise ValueError(f"encoder must be minilm or tiny, got {encoder!r}")
+        if data is not None:
+            return cls._on_data(size, encoder, seed, events, rate, retrain, data, test, shots)
+        if test is not None:
+            raise ValueError("--test scores a model trained with --data: give --data too")
         tiny = encoder == "tiny"
         if size == "full":
             plan = cls(size, encoder, seed, events=18_000, rate=60.0, onset=0.25, strength=0.75,
@@ -108,9 +117,46 @@ class DemoPlan:
             raise ValueError("rate must be positive")
         return plan
 
+    @classmethod
+    def _on_data(cls, size: Size, encoder: str, seed: int, events: int | None, rate: float | None, retrain: bool,
+                 data: str, test: str | None, shots: int) -> DemoPlan:
+        from loopline.demo.your_data import replay_requests
+
+        if shots < 1:
+            raise ValueError(f"shots must be at least 1, got {shots}")
+        rolling = 800 if size == "full" else 150
+        n = len(replay_requests(data, shots, seed, events))
+        plan = cls(size, encoder, seed, events=n, rate=rate or (60.0 if size == "full" else 80.0), onset=1.0,
+                   strength=0.0, train_events=0, retrain=retrain, retrain_events=0, rolling=rolling,
+                   budget_s=(14 if size == "full" else 8) * 60, data=data, test=test, shots=shots,
+                   stack_env={"LOOPLINE_UPDATE_INTERVAL_S": "2", "LOOPLINE_REGISTRY_INTERVAL_S": "90",
+                              "LOOPLINE_DRIFT_WINDOW_EVENTS": "400", "LOOPLINE_DRIFT_MIN_EVENTS": "200",
+                              "LOOPLINE_DRIFT_WINDOW_S": "30", "LOOPLINE_MIN_HOLDOUT": "20"})
+        if plan.events < 2 * plan.rolling:
+            raise ValueError(f"{data}: {plan.events} rows are left after the {shots}-shot draw; the demo compares "
+                             f"the first and last {rolling} requests, so it needs at least {2 * rolling}")
+        if plan.rate <= 0:
+            raise ValueError("rate must be positive")
+        return plan
+
+    @property
+    def on_data(self) -> bool:
+        return self.data is not None
+
     @property
     def onset_index(self) -> int:
-        return self.traffic().onset_index
+        """Request index where drift starts (the end of the replay on your data: no drift is staged)."""
+        return self.events if self.on_data else self.traffic().onset_index
+
+    def requests(self) -> pd.DataFrame:
+        """The predict requests of the replay: text, user_id, label (reported), true_label (meant), after_onset."""
+        if self.data is not None:
+            from loopline.demo.your_data import replay_requests
+
+            return replay_requests(self.data, self.shots, self.seed, self.events)
+        from models.traffic import generate
+
+        return generate(self.traffic()).events
 
     def traffic(self) -> TrafficConfig:
         """The replayed requests: another seed than training, the same users (so Feast knows them)."""
@@ -118,13 +164,18 @@ class DemoPlan:
                              scenario=SCENARIO, onset=self.onset, strength=self.strength)
 
     def train_config(self) -> TrainConfig:
+        if self.data is not None:
+            return TrainConfig(data_path=self.data, shots=self.shots, encoder=self.encoder, seed=self.seed)
         return TrainConfig(encoder=self.encoder, n_events=self.train_events, n_users=N_USERS, seed=self.seed)
 
     def retrain_command(self) -> list[str]:
         """Arguments of `loopline flows serve` for the drift-triggered retrain.
 
-        The flow trains on generated traffic, not on the feedback topic; generated
-        `new_phrasing` traffic stands in for the recent requests a retrain would read.
+        On your data the retrain trains on the champion's data (its few-shot draw). On generated
+        traffic the flow does not read the feedback topic; generated `new_phrasing` traffic
+        stands in for the recent requests a retrain would read.
         """
+        if self.on_data:
+            return ["flows", "serve", "--encoder", self.encoder, "--seed", str(self.seed)]
         return ["flows", "serve", "--encoder", self.encoder, "--scenario", SCENARIO,
                 "--events", str(self.retrain_events), "--seed", str(self.seed)]

@@ -42,6 +42,7 @@ class Answer:
     version: str  # model_version serving answered with
     correct: bool  # the intent the user meant
     after_onset: bool
+    fallback: bool = False  # serving said it was unsure (answer "not understood")
 
 
 @dataclass
@@ -171,7 +172,8 @@ class Simulator:
         done = time.time()
         correct = answer["intent"] == self.meant[index]
         with self._lock:
-            self.answers.append(Answer(index, sent, done, answer["model_version"], correct, self.after[index]))
+            self.answers.append(Answer(index, sent, done, answer["model_version"], correct, self.after[index],
+                                       bool(answer.get("fallback", False))))
             self.recent.append(correct)
             self._done_times.append(done)
         if self.answered[index]:
