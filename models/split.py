@@ -6,7 +6,8 @@
   evaluates. Time order is unknown, and a file sorted by label would otherwise hold
   out whole classes.
 - With `shots`: `shots` rows of every class train (seeded), as at a product launch;
-  a few more of each class, from the rows left, evaluate (`holdout` of the rows used).
+  `holdout` of the rows left of each class evaluate (at least one where any is left):
+  the gates and the fallback threshold need more than a handful of rows to mean much.
 - With a `split` column (`train` or `eval` on every row): that split, as given. The
   rows a run used are recorded so, and a retrain on them scores the champion on rows
   it did not train on.
@@ -159,13 +160,13 @@ def _few_shot(frame: pd.DataFrame, counts: pd.Series, config: SplitConfig,
         raise DatasetError(f"{source}: class(es) {', '.join(small[:5])} have fewer than {shots} rows "
                            f"({', '.join(str(counts[c]) for c in small[:5])}); --shots {shots} trains on "
                            f"{shots} of each")
-    per_class_eval = max(1, round(shots * config.holdout / (1 - config.holdout)))
     rng = np.random.default_rng(config.seed)
     train, evaluate = [], []
     for label in sorted(counts.index):
         rows = rng.permutation(frame.index[frame["label"] == label].to_numpy())
+        left = len(rows) - shots
         train.append(rows[:shots])
-        evaluate.append(rows[shots : shots + per_class_eval])
+        evaluate.append(rows[shots : shots + (max(1, round(left * config.holdout)) if left else 0)])
     if not sum(len(e) for e in evaluate):
         raise DatasetError(f"{source}: every class has exactly {shots} rows: none left to evaluate on")
     return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(evaluate))

@@ -48,7 +48,17 @@ def real_data(monkeypatch):
     return real_data
 
 
-def test_a_tiny_run_reports_every_row_with_consistent_counts(real_data, tmp_path) -> None:
+def test_a_tiny_run_reports_every_row_with_consistent_counts(real_data, tmp_path, monkeypatch) -> None:
+    import flows.model_tasks as model_tasks
+
+    check_gates, calls = model_tasks.check_gates, []
+
+    def refuse_first_bundle(fp32, compiled, truth, classes, min_agreement, max_drop, measurements):
+        calls.append(min_agreement)  # (a)'s first bundle fails a gate no bundle passes; the rerun is as given
+        return check_gates(fp32, compiled, truth, classes, 1.5 if len(calls) == 1 else min_agreement, max_drop,
+                           measurements)
+
+    monkeypatch.setattr(model_tasks, "check_gates", refuse_first_bundle)
     train, test = made_up(per_intent_train=36, per_intent_test=10)
     train.to_csv(tmp_path / "train.csv", index=False)
     test.to_csv(tmp_path / "test.csv", index=False)
@@ -66,6 +76,11 @@ def test_a_tiny_run_reports_every_row_with_consistent_counts(real_data, tmp_path
         assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["macro_f1"] <= 1.0
     assert seed["a"]["head_rows"] == 96, "the flow's head sees 80% of the training rows"
     assert seed["b"]["head_rows"] == 40 and seed["d"]["head_rows"] == 120
+    assert not seed["a"]["gate"]["passed_at_defaults"] and seed["b"]["gate"]["passed_at_defaults"]
+    gate = seed["a"]["gate"]
+    assert calls[1] == gate["relaxed_to"]["min_agreement"] == min(calls[0], gate["agreement"]), \
+        "a refused bundle is measured with the gate relaxed only as far as it measured, and flagged"
+    assert result["summary"]["gate_refused_at_defaults"] == {"a": [0], "b": []}
     fallback = seed["a"]["fallback"]
     assert 0.0 <= fallback["coverage"] <= 1.0 and fallback["answered"] == round(fallback["coverage"] * 32)
 

@@ -46,7 +46,7 @@ def test_shots_train_on_that_many_per_class_and_evaluate_on_others() -> None:
     data = prepare(sorted_by_label(5, 30), SplitConfig(holdout=0.2, seed=0, shots=10))
     assert data.how == "shots"
     assert (data.train["label"].value_counts() == 10).all()
-    assert (data.eval["label"].value_counts() == 2).all()  # 10 * 0.2 / 0.8 = 2.5, rounds to 2
+    assert (data.eval["label"].value_counts() == 4).all()  # 20% of the 20 rows left of each class
     assert not set(data.train["text"]) & set(data.eval["text"])
     draws = {tuple(sorted(prepare(sorted_by_label(5, 30), SplitConfig(seed=s, shots=10)).train["text"]))
              for s in range(3)}

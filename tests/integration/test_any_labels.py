@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import subprocess
 import time
 import uuid
@@ -29,30 +28,10 @@ from services.common.events import FeedbackEvent
 from services.common.registry import Registry
 from services.common.settings import CommonSettings
 from tests.integration.helpers import wait_until
+from tests.integration.made_up import WORDINGS, made_up
 from tests.integration.stack import Serving, bin_command, feedback_service
 
 pytestmark = pytest.mark.slow
-
-WORDINGS = {
-    "feed_the_cat": ["feed the cat", "give the cat its dinner", "the cat is hungry", "put food in the cat bowl"],
-    "water_the_plants": ["water the plants", "the ferns need water", "sprinkle the garden", "water my herbs"],
-    "summon_the_dragon": ["summon the dragon", "call the dragon here", "bring me the dragon", "wake the dragon"],
-    "brew_a_potion": ["brew a potion", "make me a healing draught", "start the cauldron", "mix an elixir"],
-    "polish_the_armour": ["polish the armour", "shine my helmet", "clean the breastplate", "buff the gauntlets"],
-    "oos": ["what is the capital of peru", "tell me a story about ships", "how tall is a giraffe",
-            "who won the match yesterday"],
-}
-MODIFIERS = ["", "please ", "right now ", "could you ", "quickly ", "I need you to ", "hey wizard "]
-SUFFIXES = ["", " now", " please", " tonight", " again", " before noon"]
-
-
-def made_up(n_per_class: int, seed: int) -> pd.DataFrame:
-    """Requests for intents the generator does not know, sorted by label as many datasets ship (no ts)."""
-    rng = random.Random(seed)
-    rows = [(rng.choice(MODIFIERS) + rng.choice(wordings) + rng.choice(SUFFIXES), label)
-            for label, wordings in sorted(WORDINGS.items()) for _ in range(n_per_class)]
-    return pd.DataFrame(rows, columns=["text", "label"])
-
 
 @dataclass
 class Loop:

@@ -19,6 +19,7 @@ import pytest
 
 from infra.process import free_port
 from infra.stack import PORT_ENV
+from tests.integration.made_up import made_up
 from tests.integration.stack import bin_command
 
 pytestmark = pytest.mark.slow
@@ -70,6 +71,42 @@ def test_a_short_demo_reports_what_the_loop_did(tmp_path: Path) -> None:
         status = subprocess.run(bin_command("status", "--state-dir", str(state)), env=env, capture_output=True,
                                 text=True, timeout=60)
         assert status.returncode == 0, status.stdout  # the stack stays up for exploring
+    finally:
+        down = subprocess.run(bin_command("down", "--state-dir", str(state)), env=env, capture_output=True,
+                              text=True, timeout=180)
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+def test_the_demo_on_your_data_learns_your_intents_from_feedback(tmp_path: Path) -> None:
+    train, test = tmp_path / "wizard.csv", tmp_path / "wizard-test.csv"
+    made_up(300, seed=3).to_csv(train, index=False)
+    made_up(20, seed=4).to_csv(test, index=False)
+    state, out = tmp_path / "state", tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOPLINE_", "PREFECT_"))}
+    env.update({variable: str(free_port()) for variable in PORT_ENV.values()})
+    command = bin_command("demo", "--data", str(train), "--test", str(test), "--shots", "10", "--size", "small",
+                          "--encoder", "tiny", "--rate", "80", "--state-dir", str(state), "--out", str(out))
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=480)
+        assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-6000:]
+        summary = json.loads((out / "summary.json").read_text())
+        record = json.loads((out / "demo.json").read_text())
+
+        answers = [a[4] for a in sorted(record["answers"])]
+        rolling = summary["rolling"]
+        # every row but the champion's 10 per intent (and their repeats: the made-up rows repeat some texts)
+        assert summary["requests"] == len(answers) >= 0.98 * record["plan"]["events"]
+        assert 0.6 * (6 * 300) < record["plan"]["events"] <= 6 * 300 - 6 * 10
+        assert summary["accuracy_first"] == pytest.approx(np.mean(answers[:rolling]))
+        assert summary["accuracy_last"] == pytest.approx(np.mean(answers[-rolling:]))
+        assert summary["updates_published"] >= 1 and summary["answers_by_online_head"] >= 1
+        before, after = summary["test_before"], summary["test_after"]
+        assert before["n"] == after["n"] == 6 * 20 and before["version"] == "1"
+        assert after["version"].startswith("1+ftrl."), "the test split was answered by the head feedback made"
+        # the champion saw 10 rows of each intent; the feedback taught it the wordings it had not seen
+        assert after["accuracy"] > before["accuracy"], (before, after)
+        assert summary["accuracy_last"] > summary["accuracy_first"], summary
+        assert (out / "demo.png").stat().st_size > 20_000
     finally:
         down = subprocess.run(bin_command("down", "--state-dir", str(state)), env=env, capture_output=True,
                               text=True, timeout=180)
