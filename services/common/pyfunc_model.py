@@ -22,7 +22,8 @@ from services.common.registry import resolve_links
 
 
 class LooplineModel(PythonModel):
-    """DataFrame with a `text` column (and optionally user attributes) -> intent and confidence."""
+    """DataFrame with a `text` column (and optionally user attributes) -> intent, confidence and fallback (the
+    model is unsure: answer "not understood", as serving does)."""
 
     def load_context(self, context: PythonModelContext) -> None:
         bundle = Path(context.artifacts["bundle"])
@@ -45,8 +46,9 @@ class LooplineModel(PythonModel):
         proba = self.predictor.predict_proba(texts, users)
         classes = self.predictor.classes
         best = proba.argmax(axis=1)
+        fallback = ~self.predictor.manifest.fallback_policy.answered(proba, classes)
         return pd.DataFrame({"intent": [classes[i] for i in best],
-                             "confidence": proba[range(len(best)), best]}, index=frame.index)
+                             "confidence": proba[range(len(best)), best], "fallback": fallback}, index=frame.index)
 
 
 mlflow.models.set_model(LooplineModel())

@@ -35,7 +35,7 @@ PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "text"),
                    *(ColSpec("string", f, required=False) for f in USER_FIELDS)]),
-    outputs=Schema([ColSpec("string", "intent"), ColSpec("double", "confidence")]),
+    outputs=Schema([ColSpec("string", "intent"), ColSpec("double", "confidence"), ColSpec("boolean", "fallback")]),
 )
 # What loading a version needs besides the loopline code itself (installed, not vendored into the model).
 RUNTIME_REQUIREMENTS = ["onnxruntime==1.31.1", "transformers==5.23.0", "torch==2.13.0", "numba==0.68.1",

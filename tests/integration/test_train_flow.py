@@ -76,9 +76,16 @@ def test_first_version_becomes_champion_with_lineage_and_artifacts(
         "metric.accuracy",
         "quantization",
         "deploy.decision",
+        "data_uri",
+        "n_classes",
+        "classes",
+        "fallback.threshold",
+        "fallback.precision",
+        "fallback.coverage",
     ):
         assert tag in version.tags, tag
     assert version.tags["scenario"] == "stable" and version.tags["gate.passed"] == "true"
+    assert version.tags["data_uri"].startswith("generator:stable?seed=3") and version.tags["n_classes"] == "22"
     assert float(version.tags["gate.agreement"]) >= 0.99
     artifacts = {a.path for a in registry.client.list_artifacts(first_run.run_id)}
     assert {
@@ -87,7 +94,13 @@ def test_first_version_becomes_champion_with_lineage_and_artifacts(
         "per_intent.csv",
         "quantization_report.json",
         "gate_report.json",
+        "fallback.json",
+        "data",
     } <= artifacts
+    inputs = mlflow.get_run(first_run.run_id).inputs.dataset_inputs
+    tags = {tag.key: tag.value for tag in inputs[0].tags}
+    assert tags["uri"] == version.tags["data_uri"] and tags["mlflow.data.context"] == "training", \
+        "the run names the data it trained on"
     assert version.run_id == first_run.run_id
     assert "accuracy" in version.description and "gates: passed" in version.description
 
@@ -98,7 +111,7 @@ def test_champion_loads_as_pyfunc_and_predicts_texts(
     model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@{CHAMPION}")
     texts = ["turn on wifi", "set an alarm for 7am", "play some jazz"]
     out = model.predict(pd.DataFrame({"text": texts}))
-    assert list(out.columns) == ["intent", "confidence"] and len(out) == 3
+    assert list(out.columns) == ["intent", "confidence", "fallback"] and len(out) == 3
     assert set(out["intent"]) <= set(INTENTS)
     assert ((out["confidence"] > 0) & (out["confidence"] <= 1)).all()
     from models.predict import Predictor
