@@ -74,6 +74,8 @@ def test_a_tiny_run_reports_every_row_with_consistent_counts(real_data, tmp_path
     (seed,) = result["seeds"]
     for row in (seed["a"], seed["b"], seed["d"], *seed["c"]["points"].values()):
         assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["macro_f1"] <= 1.0
+    assert all(0.0 <= v <= 1.0 for v in seed["batched_test_accuracy"].values())
+    assert sorted(seed["batched_test_accuracy"]) == ["a", "b", "d"]
     assert seed["a"]["head_rows"] == 96, "the flow's head sees 80% of the training rows"
     assert seed["b"]["head_rows"] == 40 and seed["d"]["head_rows"] == 120
     assert not seed["a"]["gate"]["passed_at_defaults"] and seed["b"]["gate"]["passed_at_defaults"]
@@ -93,6 +95,9 @@ def test_a_tiny_run_reports_every_row_with_consistent_counts(real_data, tmp_path
     assert counts["learned"] == counts["learned_published"] + counts["learned_undone"]
     assert counts["judged"] == counts["learned"] + counts["held_back"] == c["points"]["all"]["judged"]
     assert c["settings_changed"] == {}, "the feedback service runs at production defaults"
+    assert c["curve"]["streamed"][0] == 0 and c["curve"]["accuracy"][0] == seed["b"]["accuracy"], \
+        "the stream starts from the 10-shot champion as registered"
+    assert c["last_windows_accuracy"]["min"] <= c["last_windows_accuracy"]["mean"] <= 1.0
     assert 0 <= seed["c_vs_d"]["only_c_right"] <= 32 and len(seed["c_vs_d"]["ci95_points"]) == 2
 
     summary = result["summary"]
