@@ -102,7 +102,8 @@ def test_the_demo_on_your_data_learns_your_intents_from_feedback(tmp_path: Path)
         assert summary["updates_published"] >= 1 and summary["answers_by_online_head"] >= 1
         before, after = summary["test_before"], summary["test_after"]
         assert before["n"] == after["n"] == 6 * 20 and before["version"] == "1"
-        assert after["version"].startswith("1+ftrl."), "the test split was answered by the head feedback made"
+        # answered by a head the feedback made: v1 plus deltas, or a registry version of the online head
+        assert after["version"] != "1", after
         # the champion saw 10 rows of each intent; the feedback taught it the wordings it had not seen
         assert after["accuracy"] > before["accuracy"], (before, after)
         assert summary["accuracy_last"] > summary["accuracy_first"], summary

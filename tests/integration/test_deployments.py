@@ -34,13 +34,15 @@ def test_nightly_schedule_and_drift_trigger_create_runs(prefect_server: str) -> 
         nightly_read, drift_read = asyncio.run(read())
         assert [s.schedule.cron for s in nightly_read.schedules] == ["15 2 * * *"]
         assert drift_read.parameters["config"]["encoder"] == "tiny"
-        assert asyncio.run(_flow_runs(drift_id)) == []
+        assert drift_read.parameters["config"]["from_champion"], "retrains train on the champion's data"
+        # Other tests on the session server may have run this deployment already: count only new runs.
+        earlier = {r.id for r in asyncio.run(_flow_runs(drift_id))}  # type: ignore[attr-defined]
 
         emit_drift_detected("feedback", {"drift_share": 0.6, "accuracy": 0.7})
         deadline = time.monotonic() + 60
         runs: list[object] = []
         while not runs and time.monotonic() < deadline:
             time.sleep(1)
-            runs = asyncio.run(_flow_runs(drift_id))
+            runs = [r for r in asyncio.run(_flow_runs(drift_id)) if r.id not in earlier]  # type: ignore[attr-defined]
         assert runs, f"no flow run of the on-drift deployment within 60 s of {DRIFT_EVENT}"
-        assert runs[0].parameters["config"]["encoder"] == "tiny"
+        assert runs[0].parameters["config"]["encoder"] == "tiny"  # type: ignore[attr-defined]
