@@ -94,6 +94,18 @@ def test_activation_matmuls_stay_fp32(files: dict[str, Path]) -> None:
     assert not any(n.startswith("Attention_") for n in kept) and len(kept) == len(chosen) - 2
 
 
+def test_int8_embeddings_do_not_depend_on_the_other_texts_of_a_call(files: dict[str, Path]) -> None:
+    # The INT8 graph scales activations per call: batched, a text would take its neighbours' range.
+    encoder = OnnxEncoder(files["int8"], TINY.tokenizer, TINY.max_length)
+    alone = np.vstack([encoder.encode([t]) for t in TEXTS])
+    together = encoder.encode(TEXTS)
+    reversed_order = encoder.encode(TEXTS[::-1])[::-1]
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+    np.testing.assert_allclose(reversed_order, alone, atol=1e-6)
+    batched = encoder.encode(TEXTS, batch_size=len(TEXTS))  # what one call per batch would give instead
+    assert np.abs(batched - alone).max() > 1e-4, "the per-call scales this default avoids"
+
+
 def test_onnx_encoder_orders_and_batches_like_encoder(files: dict[str, Path], reference: np.ndarray) -> None:
     onnx_encoder = OnnxEncoder.load(files["fused"], files["tokenizer"], max_length=TINY.max_length)
     assert onnx_encoder.dim == TINY.dim and onnx_encoder.max_length == TINY.max_length
