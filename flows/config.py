@@ -35,7 +35,11 @@ class TrainConfig(BaseModel):
     epochs: int = Field(3, ge=1, le=50)
     quantize: Literal["int8", "none"] = Field("int8", description="Quantize the compiled encoder.")
     min_agreement: float = Field(0.99, ge=0.0, le=1.0,
-                                 description="Gate: compiled model agrees with torch FP32 on this share.")
+                                 description="Gate: compiled model agrees with torch FP32 on this share of the "
+                                             "rows torch FP32 decides (its top two intents tie_margin apart).")
+    tie_margin: float = Field(0.01, ge=0.0, le=1.0,
+                              description="Gate: rows whose top two FP32 probabilities are closer than this are "
+                                          "near-ties any rounding may flip; agreement leaves them out.")
     max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0,
                                      description="Gate: compiled model loses at most this much accuracy.")
     deploy_margin: float = Field(0.0, ge=0.0, le=1.0,

@@ -33,13 +33,16 @@ class GateFailed(Exception):
 
 @dataclass(frozen=True)
 class GateReport:
-    agreement: float  # share of rows where both models pick the same intent
+    agreement: float  # share of the decided rows where both models pick the same intent
     reference_accuracy: float
     compiled_accuracy: float
     min_agreement: float
     max_accuracy_drop: float
     failures: list[str]
     measurements: dict[str, float] = field(default_factory=dict)  # latency, size
+    agreement_all_rows: float = float("nan")  # near-ties included
+    near_ties: int = 0  # rows left out of `agreement`: the reference's top two within tie_margin
+    tie_margin: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -53,18 +56,21 @@ class GateReport:
         return {**asdict(self), "passed": self.passed, "accuracy_drop": self.accuracy_drop}
 
     def metrics(self) -> dict[str, float]:
-        return {"gate_agreement": self.agreement, "gate_accuracy_drop": self.accuracy_drop,
+        return {"gate_agreement": self.agreement, "gate_agreement_all_rows": self.agreement_all_rows,
+                "gate_near_ties": float(self.near_ties), "gate_accuracy_drop": self.accuracy_drop,
                 **{f"gate_{k}": v for k, v in self.measurements.items()}}
 
     def to_tags(self) -> dict[str, str]:
         return {"passed": str(self.passed).lower(), "agreement": f"{self.agreement:.4f}",
+                "agreement_all_rows": f"{self.agreement_all_rows:.4f}", "near_ties": str(self.near_ties),
                 "accuracy_drop": f"{self.accuracy_drop:+.4f}",
                 **{k: f"{v:.3f}" for k, v in self.measurements.items()}}
 
     def summary(self) -> str:
         state = "passed" if self.passed else "FAILED (" + "; ".join(self.failures) + ")"
         extra = ", ".join(f"{k} {v:.3g}" for k, v in self.measurements.items())
-        return (f"{state}: agreement {self.agreement:.4f} (min {self.min_agreement}), accuracy "
+        return (f"{state}: agreement {self.agreement:.4f} (min {self.min_agreement}; {self.agreement_all_rows:.4f} "
+                f"with the {self.near_ties} near-ties within {self.tie_margin:g}), accuracy "
                 f"{self.compiled_accuracy:.4f} vs FP32 {self.reference_accuracy:.4f} "
                 f"(max drop {self.max_accuracy_drop})" + (f"; {extra}" if extra else ""))
 
@@ -77,6 +83,7 @@ def check_gates(
     min_agreement: float = 0.99,
     max_accuracy_drop: float = 0.01,
     measurements: dict[str, float] | None = None,
+    tie_margin: float = 0.01,
 ) -> GateReport:
     """Compare two models' class probabilities on the same rows; raise GateFailed if a gate fails."""
     if reference.shape != candidate.shape or reference.shape[0] != len(truth):
@@ -85,7 +92,10 @@ def check_gates(
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[t] for t in truth])
     ref_pred, cand_pred = reference.argmax(axis=1), candidate.argmax(axis=1)
-    agreement = float((ref_pred == cand_pred).mean())
+    same = ref_pred == cand_pred
+    top_two = np.sort(reference, axis=1)[:, -2:] if reference.shape[1] > 1 else np.ones((len(same), 2))
+    decided = top_two[:, 1] - top_two[:, 0] >= tie_margin
+    agreement = float(same[decided].mean()) if decided.any() else float(same.mean())
     ref_acc, cand_acc = float((ref_pred == y).mean()), float((cand_pred == y).mean())
     failures = []
     if not np.isfinite(candidate).all():
@@ -95,7 +105,7 @@ def check_gates(
     if ref_acc - cand_acc > max_accuracy_drop:
         failures.append(f"accuracy drop {ref_acc - cand_acc:.4f} > {max_accuracy_drop:.4f}")
     report = GateReport(agreement, ref_acc, cand_acc, min_agreement, max_accuracy_drop, failures,
-                        dict(measurements or {}))
+                        dict(measurements or {}), float(same.mean()), int((~decided).sum()), tie_margin)
     if failures:
         raise GateFailed(report)
     return report

@@ -158,7 +158,7 @@ def gate(fp32_proba: np.ndarray, bundle: Path, texts: list[str], users: list[dic
                     "speedup": torch_ms / compiled_ms,
                     "size_mb": (bundle / ENCODER_FILE).stat().st_size / 1e6}
     report = check_gates(fp32_proba, proba, truth, predictor.classes, config.min_agreement,
-                         config.max_accuracy_drop, measurements)
+                         config.max_accuracy_drop, measurements, config.tie_margin)
     return report, proba
 
 

@@ -53,10 +53,10 @@ def test_a_tiny_run_reports_every_row_with_consistent_counts(real_data, tmp_path
 
     check_gates, calls = model_tasks.check_gates, []
 
-    def refuse_first_bundle(fp32, compiled, truth, classes, min_agreement, max_drop, measurements):
+    def refuse_first_bundle(fp32, compiled, truth, classes, min_agreement, max_drop, measurements, tie_margin):
         calls.append(min_agreement)  # (a)'s first bundle fails a gate no bundle passes; the rerun is as given
         return check_gates(fp32, compiled, truth, classes, 1.5 if len(calls) == 1 else min_agreement, max_drop,
-                           measurements)
+                           measurements, tie_margin)
 
     monkeypatch.setattr(model_tasks, "check_gates", refuse_first_bundle)
     train, test = made_up(per_intent_train=36, per_intent_test=10)
