@@ -9,9 +9,12 @@ serving has) on the held-back set by more than `gate_margin`; then serving gets 
 changed coordinates as a delta and the candidate becomes live. "Less accurate" is a
 paired comparison on the examples where the two heads disagree, so noise in a few
 thousand held-back examples does not reject a sound update. Otherwise the window's
-learning is undone exactly and the report says why, with both accuracies. Until
-`min_holdout` examples are held back there is no evidence to judge by, and windows
-are undone too: nothing reaches serving unjudged.
+learning is undone exactly and the report says why, with both accuracies. Nothing
+reaches serving unjudged: until `min_holdout` examples are held back there is no
+evidence to judge by, so the first examples fill the held-back set, whatever their
+share, and learning starts with the window that completes it. Held back by share
+alone, the service learned nothing from its first `min_holdout / holdout_share`
+examples (500 at the defaults: 5% of HWU64's training split).
 """
 
 from __future__ import annotations
@@ -124,6 +127,16 @@ class OnlineLearner:
         """Deterministic: the same event is held back in every replay."""
         return zlib.crc32(event_id.encode()) % 10_000 < self.settings.holdout_share * 10_000
 
+    def _hold(self, examples: Sequence[Joined]) -> np.ndarray:
+        """Which examples of a window are held back: by share, and every one while the held-back set is
+        short of `min_holdout` (a replay from a checkpoint, which holds the set, decides alike)."""
+        short = max(0, self.settings.min_holdout - len(self.holdout))
+        held = np.zeros(len(examples), dtype=bool)
+        for i, joined in enumerate(examples):
+            held[i] = short > 0 or self.held_back(joined.feedback.event_id)
+            short -= int(held[i])
+        return held
+
     def learn_window(self, examples: Sequence[Joined], window_end: float) -> WindowReport:
         if not examples:
             return WindowReport(window_end, 0, 0, 0, 0, 0.0, "empty")
@@ -135,21 +148,20 @@ class OnlineLearner:
         log_loss = float(-np.log(np.clip(proba[np.arange(len(labels)), labels], 1e-15, 1.0)).sum())
         self._record(examples, correct, log_loss)
 
-        held = np.array([self.held_back(j.feedback.event_id) for j in examples])
+        held = self._hold(examples)
         self.holdout.extend(j for j, h in zip(examples, held, strict=True) if h)
         learn = np.flatnonzero(~held)
         report = WindowReport(window_end, len(examples), len(learn), int(held.sum()), int(correct.sum()), log_loss,
                               "empty", predicted=[self.model.classes[i] for i in predicted],
                               confidence=proba.max(axis=1))
+        if len(self.holdout) < self.settings.min_holdout:
+            return replace(report, decision="no_evidence")  # every example went to the held-back set
         if len(learn) == 0:
             return report
 
         learn_batch = batch.take(learn)
         undo = self.model.state_of(learn_batch.sparse.tocsr().indices)
         self.model.learn_in_batches(learn_batch, labels[learn], self.settings.batch_size)
-        if len(self.holdout) < self.settings.min_holdout:
-            self._undo(undo)
-            return replace(report, decision="no_evidence")
 
         judge = self.batch(list(self.holdout))
         truth = np.array([self.model.class_index[j.feedback.label] for j in self.holdout])

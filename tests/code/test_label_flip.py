@@ -163,10 +163,16 @@ def test_the_gate_alone_rejects_poisoned_updates_and_keeps_clean_accuracy_within
     run = Run(trained, tmp_path, flood, trust_alpha=0.0)
     print(run.describe())
     assert not run.withheld
-    rejected = [r for r in run.reports if r.decision == "rejected"]
-    assert rejected, "poisoned updates were rejected"
-    assert min(r.window_end for r in rejected) > T0 + ONSET * N_EVENTS * 0.01, "none before the onset"
-    assert all(r.candidate_accuracy < r.live_accuracy for r in rejected), "each one with the numbers"
+    onset = T0 + ONSET * N_EVENTS * 0.01
+    judged = [r for r in run.reports if r.decision in ("published", "rejected")]
+    before = [r.decision == "rejected" for r in judged if r.window_end <= onset]
+    after = [r.decision == "rejected" for r in judged if r.window_end > onset]
+    assert sum(after) >= 2, "poisoned updates were rejected"
+    # The gate is a one-sided test at z = 1.64: a clean window that happens to look worse on a few dozen
+    # held-back examples is turned away now and then (5% of neutral updates by design), not as a rule.
+    assert sum(before) <= max(1, 0.1 * len(before)), "clean updates are published"
+    assert all(r.candidate_accuracy < r.live_accuracy for r in judged if r.decision == "rejected"), \
+        "each one with the numbers"
     assert run.after >= run.before - 0.05, "the live head's clean accuracy stays within 0.05 of where it started"
 
 
