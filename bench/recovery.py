@@ -334,7 +334,10 @@ def run_online(data: SeedData, seed: int, rate: float, warm: bool, args: argpars
                           "held_back": r.held_back, "holdout_size": len(svc.learner.holdout),
                           "decision": r.decision, "live": r.live_accuracy, "candidate": r.candidate_accuracy}
                 if r.decision in ("rejected", "no_evidence"):  # what the discarded candidate would have scored
-                    window["test_live"], window["test_candidate"] = accuracy(svc.learner.live, data.test), undone[0]
+                    # None when nothing was undone: a window whose examples all went to the held-back set
+                    candidate, undone[0] = undone[0], float("nan")
+                    window["test_live"] = accuracy(svc.learner.live, data.test)
+                    window["test_candidate"] = None if np.isnan(candidate) else candidate
                 windows.append(window)
 
         def score(received: int, now: float) -> None:
@@ -507,7 +510,8 @@ def summarize(seeds: list[dict[str, Any]], args: argparse.Namespace) -> dict[str
                 out[decision] = {"windows": len(undone), "learned_then_undone": sum(w["learned"] for w in undone),
                                  "post_onset_windows": sum(w["end_s"] > 0 for w in undone),
                                  "test_gain_of_undone_candidates": [round(w["test_candidate"] - w["test_live"], 4)
-                                                                    for w in undone]}
+                                                                    for w in undone
+                                                                    if w["test_candidate"] is not None]}
         return out
 
     sizes = [k for k in seeds[0]["retrained"] if k.isdigit()]

@@ -50,6 +50,7 @@ from services.feedback.versions import BaseBundles
 from services.serving.app import create_app
 from services.serving.settings import ServingSettings
 from tests.conftest import TinyModel, build_bundle
+from tests.integration.helpers import wait_until
 from tests.integration.stack import TOKEN, Feedback, Serving
 
 pytestmark = pytest.mark.reliability
@@ -446,7 +447,14 @@ def test_stack_json_and_the_client_environment_hold_no_secret(tmp_path: Path, mo
 
 def files_containing(folder: Path, secret: str) -> list[str]:
     needle = secret.encode()
-    return [str(p) for p in folder.rglob("*") if p.is_file() and needle in p.read_bytes()]
+    found = []
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file() and needle in path.read_bytes():
+                found.append(str(path))
+        except FileNotFoundError:  # a checkpoint's temporary file, renamed while the folder was walked
+            continue
+    return found
 
 
 def command_line(process: ManagedProcess) -> str:
@@ -463,7 +471,8 @@ def test_running_services_keep_their_tokens_out_of_logs_command_lines_and_state(
     for token in (feedback_token[:-1] + "x", "x"):
         assert httpx.post(f"{feedback.process.url}/promote", headers={"Authorization": f"Bearer {token}"},
                           timeout=10).status_code == 401
-    assert list((feedback.state / "feedback" / "checkpoints").glob("ckpt-*")), "no checkpoint was written"
+    checkpoints = feedback.state / "feedback" / "checkpoints"
+    assert wait_until(lambda: any(checkpoints.glob("ckpt-*")), timeout=60), "no checkpoint was written"
     for process, folder, token in ((serving.process, serving.settings.state_dir, TOKEN),
                                    (feedback.process, feedback.state, feedback_token)):
         assert process.log_path.is_file()
