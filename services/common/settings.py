@@ -36,6 +36,11 @@ class CommonSettings(BaseSettings):
         None, description="host:port list; unset means no broker (announcements are skipped).")
     feature_repo: Path = Field(Path(__file__).resolve().parents[2] / "feature_repo",
                                description="The Feast repo with feature_store.yaml and the definitions.")
+    examples_uri: str | None = Field(None, description="The examples table (a Delta table): a folder or an "
+                                     "s3:// URI (credentials from the AWS_* variables); default: examples/ in "
+                                     "the state folder.")
+    examples_retention_days: float = Field(0.0, ge=0.0, description="Examples (and kept dead letters) older "
+                                           "than this are deleted; 0: kept until deleted by hand.")
 
     @field_validator("model_name")
     @classmethod
@@ -51,6 +56,10 @@ class CommonSettings(BaseSettings):
             return self.mlflow_tracking_uri
         # The same database the embedded MLflow server uses, so `loopline up` shows these versions.
         return f"sqlite:///{(self.state_dir / 'mlflow' / 'mlflow.db').resolve()}"
+
+    @property
+    def examples_location(self) -> str:
+        return self.examples_uri or str((self.state_dir / "examples").resolve())
 
     @property
     def work_dir(self) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,16 +58,15 @@ def _schema_problem(record: Record, exc: ValidationError) -> DeadLetter:
     return dead_letter(record, "wrong_schema", detail)
 
 
-def parse_feedback(record: Record, classes: Collection[str], max_bytes: int) -> StoredFeedback | DeadLetter:
+def parse_feedback(record: Record, max_bytes: int) -> StoredFeedback | DeadLetter:
+    """Any label passes here: feedback naming an intent the model lacks is joined and kept in the examples
+    table (the next retrain may learn it); the service dead-letters it for online learning after the join."""
     if len(record.value) > max_bytes:
         return dead_letter(record, "too_large", f"{len(record.value)} bytes, the limit is {max_bytes}")
     try:
         event = ReceivedFeedback.model_validate_json(record.value)
     except ValidationError as exc:
         return _schema_problem(record, exc)
-    if event.label not in classes:
-        return dead_letter(record, "unknown_label", f"label {event.label!r} is not one of the model's intents",
-                           event.label)
     return StoredFeedback(event.event_id, event.prediction_id, event.label, record.ts, record.partition,
                           record.offset, record.key, record.value)
 
@@ -115,12 +113,12 @@ def parse_prediction(record: Record, sparse_dim: int, dense_dim: int, max_bytes:
         event.user)
 
 
-def parse(record: Record, classes: Collection[str], sparse_dim: int, dense_dim: int, max_bytes: int,
-          max_prediction_bytes: int) -> StoredPrediction | StoredFeedback | DeadLetter:
+def parse(record: Record, sparse_dim: int, dense_dim: int, max_bytes: int, max_prediction_bytes: int
+          ) -> StoredPrediction | StoredFeedback | DeadLetter:
     """`max_bytes` limits feedback events, `max_prediction_bytes` prediction events (which carry features)."""
     if record.topic == PREDICTIONS:
         return parse_prediction(record, sparse_dim, dense_dim, max_prediction_bytes)
     if record.topic == FEEDBACK:
-        return parse_feedback(record, classes, max_bytes)
+        return parse_feedback(record, max_bytes)
     return dead_letter(record, "wrong_schema", f"unexpected topic {record.topic}")
 

@@ -60,6 +60,7 @@ class WindowReport:
     delta: HeadDelta | None = None
     predicted: list[str] = field(default_factory=list)  # progressive predictions, for drift
     confidence: np.ndarray | None = None
+    held: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # per example: held back?
 
     @property
     def accuracy(self) -> float:
@@ -153,7 +154,7 @@ class OnlineLearner:
         learn = np.flatnonzero(~held)
         report = WindowReport(window_end, len(examples), len(learn), int(held.sum()), int(correct.sum()), log_loss,
                               "empty", predicted=[self.model.classes[i] for i in predicted],
-                              confidence=proba.max(axis=1))
+                              confidence=proba.max(axis=1), held=held)
         if len(self.holdout) < self.settings.min_holdout:
             return replace(report, decision="no_evidence")  # every example went to the held-back set
         if len(learn) == 0:

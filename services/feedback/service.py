@@ -49,9 +49,19 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
 from models.ftrl import FTRLProximal, HeadDelta
-from services.common.events import FEEDBACK, FEEDBACK_DLQ, MODEL_UPDATES, PREDICTIONS, DeadLetter, ModelUpdate
+from services.common.events import (
+    FEEDBACK,
+    FEEDBACK_DLQ,
+    MODEL_UPDATES,
+    PREDICTIONS,
+    DeadLetter,
+    DeadLetterReason,
+    ModelUpdate,
+)
+from services.common.examples import ExamplesTable
 from services.common.registry import bound_registry_requests
 from services.feedback.checkpoint import Checkpoint, CheckpointStore
+from services.feedback.collect import Collector
 from services.feedback.history import decode, published_deltas, same_delta, sync_delta
 from services.feedback.intake import Record, far_future, parse, rejected_letter
 from services.feedback.join import (
@@ -163,6 +173,9 @@ class FeedbackService:
         self.checkpoint_number = 0
         self._letters: list[DeadLetter] = []
         self.trust = UserTrust(self._trust_settings())
+        table = ExamplesTable(settings.examples_location) if settings.keep_examples else None
+        self.collector = Collector(table, settings.group_id)
+        self._next_retention = 0.0  # monotonic time of the next retention pass over the examples table
         restored = self.checkpoints.restore()
         self.problems = restored.problems  # damaged checkpoints skipped, for the operator
         if restored.checkpoint is not None:
@@ -215,6 +228,7 @@ class FeedbackService:
             self.trust = UserTrust.from_bytes(checkpoint.files[TRUST], self._trust_settings())
         self.registering = _registering_from(state, checkpoint.files)
         self.owed = state.get("owed")
+        self.collector.restore(checkpoint.files)
         log.info("resumed from checkpoint %d: v%d+ftrl.%d, %d partitions", checkpoint.number,
                  self.learner.base_version, self.learner.sequence, len(self.offsets))
 
@@ -236,6 +250,7 @@ class FeedbackService:
             state["registering"], extra = _registering_to(self.registering)
             files |= extra
         self.checkpoint_number += 1
+        files |= self.collector.seal(self.checkpoint_number)
         return Checkpoint(self.checkpoint_number, state, files)
 
     # -- processing (no I/O: testable without a broker) -----------------------------------------
@@ -251,17 +266,26 @@ class FeedbackService:
             return
         self.watermark.observe((record.topic, record.partition), record.ts, now)
         model = self.learner.model
-        item = parse(record, model.class_index, model.sparse_dim, model.dense_dim, self.settings.max_event_bytes,
+        item = parse(record, model.sparse_dim, model.dense_dim, self.settings.max_event_bytes,
                      self.settings.max_prediction_bytes)
         if isinstance(item, DeadLetter):
             self._dead(item)
         elif isinstance(item, StoredFeedback):
             rejected = self.store.add_feedback(item)
             if rejected is not None:
-                self._dead(rejected_letter(rejected))
+                self._dead(rejected_letter(self._unknown_label_first(rejected)))
         else:
             self._notice_version(item)
             self.store.add_prediction(item)
+
+    def _unknown_label_first(self, rejected: Rejected) -> Rejected:
+        """Feedback the join refused that also names an intent the model lacks: the label is what its sender
+        most needs to hear about (a duplicate stays a duplicate)."""
+        label = rejected.feedback.label
+        if rejected.reason == "duplicate" or label in self.learner.model.class_index:
+            return rejected
+        return Rejected(rejected.feedback, "unknown_label",
+                        f"label {label!r} is not one of the model's intents; and {rejected.detail}")
 
     def _notice_version(self, prediction: StoredPrediction) -> None:
         """A prediction by a newer version than the one learned on: serving follows a new champion, so
@@ -291,8 +315,10 @@ class FeedbackService:
             released = self.store.release(end)
             self.learning_now = len(released)
             try:
-                examples = self._learnable(released)
+                examples = self._learnable(released, end)
                 report = self.learner.learn_window(examples, end)
+                for joined, held in zip(examples, report.held, strict=True):
+                    self.collector.keep(joined, "held_back" if held else "learned", None, report.decision, end)
             finally:
                 self.learning_now = 0
             self.last_window_end = end
@@ -321,31 +347,29 @@ class FeedbackService:
             return True
         return False
 
-    def _learnable(self, examples: list[Joined]) -> list[Joined]:
+    def _learnable(self, examples: list[Joined], end: float) -> list[Joined]:
         """Examples the current head can learn from users it trusts; the others to the dead letters with the
-        reason."""
+        reason, and to the examples table as withheld (or, for a label the head lacks, as unknown_label)."""
         keep: list[Joined] = []
         distrusted: dict[str, str] = {}  # user -> why
         self.trust.start_window()
         for joined in examples:
             base = base_of(joined.prediction.model_version)
             if base not in self.accepted_bases:
-                self._dead(rejected_letter(Rejected(
-                    joined.feedback, "stale_model", f"prediction by model {joined.prediction.model_version}; "
-                    f"learning on v{self.learner.base_version}, whose inputs differ")))
+                self._withhold(joined, end, "stale_model", f"prediction by model {joined.prediction.model_version}; "
+                               f"learning on v{self.learner.base_version}, whose inputs differ")
             elif joined.feedback.label not in self.learner.model.class_index:
-                self._dead(rejected_letter(Rejected(
-                    joined.feedback, "unknown_label", f"v{self.learner.base_version} has no intent "
-                    f"{joined.feedback.label!r}")))
+                self._withhold(joined, end, "unknown_label", f"v{self.learner.base_version} has no intent "
+                               f"{joined.feedback.label!r}; kept in the examples table for the next retrain")
             elif (user := joined.prediction.user_id) is None:
                 keep.append(joined)
             elif (verdict := self.trust.judge(user, joined.feedback.label != joined.prediction.intent,
                                               joined.prediction.confidence,
                                               (joined.prediction.text, joined.feedback.label))).repeated:
-                self._dead(rejected_letter(Rejected(joined.feedback, "repeated_correction", verdict.describe(user))))
+                self._withhold(joined, end, "repeated_correction", verdict.describe(user))
             elif not verdict.trusted:
                 distrusted[user] = verdict.describe(user)
-                self._dead(rejected_letter(Rejected(joined.feedback, "untrusted_user", distrusted[user])))
+                self._withhold(joined, end, "untrusted_user", distrusted[user])
             else:
                 keep.append(joined)
         if not distrusted:
@@ -353,11 +377,17 @@ class FeedbackService:
         # What such a user sent earlier in the window goes too: the verdict came late, not the attack.
         for joined in keep:
             if (why := distrusted.get(joined.prediction.user_id or "")) is not None:
-                self._dead(rejected_letter(Rejected(joined.feedback, "untrusted_user", why)))
+                self._withhold(joined, end, "untrusted_user", why)
         dropped = self.learner.forget_users(set(distrusted))
         log.info("%d users not trusted in this window; %d of their held-back examples dropped", len(distrusted),
                  dropped)
         return [j for j in keep if j.prediction.user_id not in distrusted]
+
+    def _withhold(self, joined: Joined, end: float, reason: DeadLetterReason, detail: str) -> None:
+        """Not learned online: a dead letter with the reason, and a row in the examples table."""
+        self._dead(rejected_letter(Rejected(joined.feedback, reason, detail)))
+        verdict = "unknown_label" if reason == "unknown_label" else "withheld"
+        self.collector.keep(joined, verdict, reason, None, end)
 
     def _count_corrections(self, examples: list[Joined]) -> list[UserStat]:
         """Per-user corrections (feedback naming another intent than the one served), changed users only."""
@@ -413,6 +443,7 @@ class FeedbackService:
         self._published = self._published_on_base()  # before the observer's thread imports Evidently: seconds of CPU
         self._start_observer()
         self.start_registrar()
+        self.collector.commit()  # batches a checkpoint held when the last run stopped (the table skips repeats)
         last_checkpoint = time.monotonic()
         next_champion_check = 0.0 if self.registrar is not None else math.inf
         try:
@@ -766,6 +797,8 @@ class FeedbackService:
             log.warning("broker has not acknowledged every update yet; checkpoint postponed")
             return False
         path = self.checkpoints.save(self.checkpoint())
+        self.collector.commit()  # after the checkpoint holds the batch: a crash in between commits it at start
+        self._expire_examples()
         commits = [TopicPartition(*_partition_key(k), offset) for k, offset in self.offsets.items()]
         if commits:
             try:
@@ -773,6 +806,20 @@ class FeedbackService:
             except Exception as exc:  # the checkpoint, not the committed offset, is what a restart uses
                 log.warning("offset commit failed after %s: %s", path.name, exc)
         return True
+
+    def _expire_examples(self) -> None:
+        """Retention (`LOOPLINE_EXAMPLES_RETENTION_DAYS`), at most hourly: old rows leave the examples table."""
+        days, table = self.settings.examples_retention_days, self.collector.table
+        if days <= 0 or table is None or time.monotonic() < self._next_retention:
+            return
+        self._next_retention = time.monotonic() + 3600.0
+        try:
+            gone = table.expire(time.time() - days * 86_400)
+        except Exception as exc:  # the next pass tries again; learning goes on
+            log.warning("examples table %s: retention failed: %s", table.uri, exc)
+            return
+        if gone:
+            log.info("retention: %d examples older than %g days deleted", gone, days)
 
 
 def _answer(waiters: list[Future[dict[str, Any]]], result: dict[str, Any]) -> None:

@@ -41,6 +41,8 @@ class FeedbackSettings(CommonSettings):
                                "disagreements with the served intent are this unlikely, given how sure the model "
                                "was, goes to the DLQ as untrusted_user and is not learned; 0: trust every user.")
     trust_history: int = Field(20, ge=1, le=64, description="Feedback events per user the trust verdict reads.")
+    keep_examples: bool = Field(True, description="Keep every judged example in the examples table "
+                                "(LOOPLINE_EXAMPLES_URI), which retrains read.")
     checkpoint_interval_s: float = Field(10.0, gt=0.0, description="Wall time between checkpoints.")
     checkpoints_kept: int = Field(3, ge=2)
     metrics_port: int = Field(8001, ge=1, le=65535, description="Health and Prometheus metrics.")

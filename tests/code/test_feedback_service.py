@@ -29,8 +29,10 @@ PARTITIONS = 4
 T0 = 1_800_000_000.0
 
 
-def stream(trained: TinyModel, n: int = 900, seed: int = 21, version: str = "1") -> list[Record]:
-    """Predictions and their feedback as serving and users would produce them, per partition in time order."""
+def stream(trained: TinyModel, n: int = 900, seed: int = 21, version: str = "1", new_label_every: int = 0
+           ) -> list[Record]:
+    """Predictions and their feedback as serving and users would produce them, per partition in time order;
+    with `new_label_every` k, every k-th feedback names an intent the model lacks."""
     encoder = trained[0]
     events = generate(TrafficConfig(n_events=n, n_users=60, seed=seed)).events
     texts = list(events["text"])
@@ -48,7 +50,8 @@ def stream(trained: TinyModel, n: int = 900, seed: int = 21, version: str = "1")
             probabilities={intent: 1 / len(INTENTS) for intent in INTENTS})
         timed.append((ts, PREDICTIONS, pid, prediction.model_dump_json().encode()))
         if rng.random() < 0.8:  # most users give feedback, after a realistic delay
-            feedback = FeedbackEvent(event_id=f"fb-{seed}-{i}", prediction_id=pid, label=row.label)
+            label = "order_pizza" if new_label_every and i % new_label_every == 0 else row.label
+            feedback = FeedbackEvent(event_id=f"fb-{seed}-{i}", prediction_id=pid, label=label)
             timed.append((ts + rng.uniform(0.2, 3.0), FEEDBACK, pid, feedback.model_dump_json().encode()))
     return _records(timed)
 
