@@ -11,6 +11,7 @@ from rich.table import Table
 
 from loopline.cli_data import data_app
 from loopline.cli_demo import demo
+from loopline.cli_examples import examples_app
 from loopline.cli_feedback import promote
 from loopline.cli_models import models_app
 from loopline.cli_send import feedback_app
@@ -22,6 +23,7 @@ app = typer.Typer(help="loopline: an online-learning MLOps pipeline with a feedb
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+app.add_typer(examples_app, name="examples")
 app.add_typer(flows_app, name="flows")
 app.command()(train)
 app.command("serve")(serve_api)
