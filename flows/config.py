@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from models.collected import Support
 from models.split import SplitConfig
 from models.traffic import SCENARIOS
 
@@ -51,12 +52,24 @@ class TrainConfig(BaseModel):
                                                                "'not something the assistant does': serving "
                                                                "answers it with fallback.")
     announce: bool = Field(True, description="Publish the new version on model-updates if a broker is set.")
+    collected: bool = Field(True, description="Also train on the examples the feedback service collected (the "
+                                              "examples table) since the champion's training data was taken; "
+                                              "held-back ones evaluate.")
+    collected_since: float | None = Field(None, description="Collected examples written at or after this time "
+                                                            "(seconds since the epoch); default: as above.")
+    collected_until: float | None = Field(None, description="...and before this time; default: now.")
+    new_label_min_examples: int = Field(20, ge=1, description="A label only feedback carried becomes a class with "
+                                                              "at least this many examples...")
+    new_label_min_users: int = Field(5, ge=1, description="...from at least this many users.")
 
     @model_validator(mode="after")
     def _known_scenario(self) -> TrainConfig:
         if self.scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {self.scenario!r}; choose one of {', '.join(SCENARIOS)}")
         return self
+
+    def support(self) -> Support:
+        return Support(min_examples=self.new_label_min_examples, min_users=self.new_label_min_users)
 
     def split(self) -> SplitConfig:
         return SplitConfig(holdout=self.holdout, seed=self.seed, shots=self.shots)

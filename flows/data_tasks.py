@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,12 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
 from flows.config import TrainConfig
+from models.collected import Selection, select
 from models.data import DatasetError, is_uri, load_dataset
 from models.split import prepare
 from models.traffic import TrafficConfig, generate
 from services.common import features as feast_client
+from services.common.examples import ExamplesTable
 from services.common.settings import CommonSettings
 
 GENERATOR = "generator:"  # data_uri prefix of generated traffic: generator:<scenario>?seed=..&n_events=..
@@ -38,6 +41,18 @@ class RecordedData:
     uri: str
     seed: int
     holdout: float
+    collected_since: float | None = None  # collected examples written since then are new to that version
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What a run took from the examples table."""
+
+    selection: Selection
+    uri: str
+    table_version: int | None
+    since: float
+    until: float
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,7 @@ class Dataset:
     note: str  # how the rows were split, in one line
     split_seed: int = 0
     holdout: float = 0.2
+    collected: Collected | None = None  # examples from the examples table among `events` (with an event_id)
 
     @property
     def generated(self) -> bool:
@@ -100,6 +116,47 @@ def load_data(config: TrainConfig, recorded: RecordedData | None = None) -> Data
                           prepared.note)
     return Dataset(prepared.frame, users, prepared.cut, prepared.classes, data_hash, source, scenario,
                    prepared.how, prepared.note, split.seed, split.holdout)
+
+
+def with_collected(data: Dataset, collected: Collected) -> Dataset:
+    """`data` plus the collected examples: their training rows after the base's, their evaluation rows last."""
+    chosen = collected.selection
+    base = data.events
+    train = pd.concat([base.iloc[: data.cut], chosen.train], ignore_index=True)
+    events = pd.concat([train, base.iloc[data.cut:], chosen.eval], ignore_index=True)
+    if "user_id" in events.columns:
+        events["user_id"] = events["user_id"].fillna("")
+    classes = tuple(sorted(set(data.classes) | set(chosen.admitted)))
+    note = f"{data.note}; plus {chosen.describe()}"
+    return replace(data, events=events, cut=len(train), classes=classes, note=note, collected=collected)
+
+
+@task(retries=2, retry_delay_seconds=2)
+def collected_examples(settings: CommonSettings, config: TrainConfig, recorded: RecordedData | None,
+                       classes: tuple[str, ...]) -> Collected | None:
+    """The examples table's rows written since `recorded.collected_since` (or the window the config names),
+    selected for a model over `classes` (models/collected.py); None when there is nothing to add."""
+    since = config.collected_since if config.collected_since is not None else (
+        recorded.collected_since if recorded is not None else None)
+    if not config.collected or since is None:
+        return None
+    until = config.collected_until if config.collected_until is not None else time.time()
+    table = ExamplesTable(settings.examples_location)
+    version = table.version()
+    if version is None:
+        get_run_logger().info("no examples table at %s yet: nothing collected to add", table.uri)
+        return None
+    rows = table.read(f"written_at >= {float(since)!r} AND written_at < {float(until)!r}")
+    selection = select(rows, classes, config.support())
+    get_run_logger().info("examples table %s (version %d), rows written %s to %s: %s", table.uri, version,
+                          _iso(since), _iso(until), selection.describe())
+    if selection.rows == 0:
+        return None
+    return Collected(selection, table.uri, version, since, until)
+
+
+def _iso(ts: float) -> str:
+    return pd.Timestamp(ts, unit="s", tz="UTC").isoformat(timespec="seconds")
 
 
 def _read(source: str) -> pd.DataFrame:

@@ -45,7 +45,10 @@ def champion_data(settings: CommonSettings) -> RecordedData | None:
         if tags.get("data_uri"):
             get_run_logger().info("champion v%d's data: %s (recorded on v%d)", champion.version, tags["data_uri"],
                                   version.version)
-            return RecordedData(tags["data_uri"], int(tags.get("split_seed", 0)), float(tags.get("holdout", 0.2)))
+            # Collected examples since that version's data was taken: what it carried forward, else its birth.
+            since = float(tags["collected_since"]) if tags.get("collected_since") else version.created_ms / 1000
+            return RecordedData(tags["data_uri"], int(tags.get("split_seed", 0)), float(tags.get("holdout", 0.2)),
+                                since)
     return None
 
 

@@ -17,11 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger
 
 from flows.config import TrainConfig
-from flows.data_tasks import Dataset, frame_hash, join_user_features, load_data, materialize_features
+from flows.data_tasks import (
+    Collected,
+    Dataset,
+    collected_examples,
+    frame_hash,
+    join_user_features,
+    load_data,
+    materialize_features,
+    with_collected,
+)
 from flows.gates import GateFailed, GateReport
 from flows.model_tasks import (
     build_bundle,
@@ -41,7 +51,8 @@ from models.train import featurize
 from services.common.registry import TAG_LIMIT, Registry, Version, class_tags
 from services.common.settings import CommonSettings
 
-DATASET_FILE = "dataset.parquet"
+DATASET_FILE = "dataset.parquet"  # the base rows a run used, with their split
+COLLECTED_FILE = "collected.parquet"  # the examples-table rows it added
 
 
 @dataclass(frozen=True)
@@ -62,8 +73,11 @@ def train_flow(config: TrainConfig | None = None) -> TrainResult:
     settings = CommonSettings()
     logger = get_run_logger()
     registry = Registry(settings)
-    recorded = champion_data(settings) if config.from_champion and config.data_path is None else None
+    recorded = champion_data(settings) if config.from_champion or config.collected else None
     data = load_data(config, recorded)
+    collected = collected_examples(settings, config, recorded, data.classes)
+    if collected is not None:
+        data = with_collected(data, collected)
     users = join_user_features(data, settings)
     texts, classes = list(data.events["text"]), data.classes
     train_rows, eval_rows = slice(0, data.cut), slice(data.cut, None)
@@ -95,7 +109,11 @@ def train_flow(config: TrainConfig | None = None) -> TrainResult:
                        "split_seed": data.split_seed, "holdout": data.holdout, "n_train": data.cut,
                        "n_classes": len(classes), "code_version": code_version(),
                        "parent_version": parent.version if parent else None, "source": "train",
-                       "train_run_id": run.info.run_id}
+                       "train_run_id": run.info.run_id,
+                       # carried forward: the next retrain reads the examples table from here on
+                       "collected_since": f"{data.collected.since:.3f}" if data.collected else None,
+                       "collected_rows": data.collected.selection.rows if data.collected else 0,
+                       "examples_version": data.collected.table_version if data.collected else None}
             reference = drift_reference(eval_texts, embeddings[eval_rows], fp32_proba, head.classes, eval_users, truth)
             bundle = build_bundle(compiled, head, config.encoder, fp32.metrics("fp32_"), lineage, bundle_dir,
                                   reference)
@@ -149,19 +167,38 @@ def _log_data(data: Dataset, run_id: str) -> tuple[str, str]:
     drew, not the whole file: that is what its retrains train on again."""
     rows = data.events.drop(columns=["truth"]) if not data.generated else data.events
     rows = rows.assign(split=["train"] * data.cut + ["eval"] * (len(rows) - data.cut))
+    from_table = rows["event_id"].notna() if "event_id" in rows.columns else pd.Series(False, index=rows.index)
+    collected, rows = rows[from_table], rows[~from_table].drop(columns="event_id", errors="ignore")
     uri, digest = data.data_uri, data.data_hash
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / DATASET_FILE
         rows.to_parquet(path, index=False)
         mlflow.log_artifact(str(path), artifact_path="data")
+        if data.collected is not None:
+            collected.to_parquet(Path(tmp) / COLLECTED_FILE, index=False)
+            mlflow.log_artifact(str(Path(tmp) / COLLECTED_FILE), artifact_path="data")
+    if data.collected is not None:
+        _log_collected(data.collected, collected)
     if data.how == "shots":
-        uri, digest = f"runs:/{run_id}/data/{DATASET_FILE}", frame_hash(data.events[["text", "label"]])
+        uri, digest = f"runs:/{run_id}/data/{DATASET_FILE}", frame_hash(rows[["text", "label"]])
     try:
         dataset = mlflow.data.from_pandas(rows, source=uri, name=Path(uri.split("?")[0]).name, targets="label")
     except MlflowException:  # runs:/ and generator: have no MLflow source type
         dataset = mlflow.data.from_pandas(rows, name=Path(uri.split("?")[0]).name, targets="label")
     mlflow.log_input(dataset, context="training", tags={"uri": uri[:TAG_LIMIT], "sha256_16": digest})
     return uri, digest
+
+
+def _log_collected(collected: Collected, rows: pd.DataFrame) -> None:
+    """The collected examples as a second dataset input: the table, its version and the window read."""
+    window = f"written_at in [{collected.since:.3f}, {collected.until:.3f})"
+    chosen = collected.selection
+    dataset = mlflow.data.from_pandas(rows, name="examples-table", targets="label")
+    mlflow.log_input(dataset, context="training", tags={
+        "uri": collected.uri[:TAG_LIMIT], "table_version": str(collected.table_version), "window": window})
+    mlflow.log_params({"collected_train": len(chosen.train), "collected_eval": len(chosen.eval),
+                       "collected_table_version": collected.table_version, "collected_window": window})
+    mlflow.set_tag("collected", chosen.describe()[:TAG_LIMIT])
 
 
 def _fallback_tags(fallback: Fallback) -> dict[str, str]:
