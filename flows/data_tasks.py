@@ -38,7 +38,7 @@ class RecordedData:
     """Where a version's training data came from and how it was split: a retrain on the same data splits it
     the same way, so the champion is scored on rows it did not train on."""
 
-    uri: str
+    uri: str | None  # None: the champion records none
     seed: int
     holdout: float
     collected_since: float | None = None  # collected examples written since then are new to that version
@@ -95,7 +95,7 @@ def load_data(config: TrainConfig, recorded: RecordedData | None = None) -> Data
     """Read the dataset (or generate traffic), validate it and split it into training and evaluation rows."""
     source = config.data_path
     split = config.split()
-    if source is None and config.from_champion and recorded is not None:
+    if source is None and config.from_champion and recorded is not None and recorded.uri is not None:
         source, split = recorded.uri, replace(split, seed=recorded.seed, holdout=recorded.holdout)
     if source is not None and not source.startswith(GENERATOR):
         if not is_uri(source) and not source.startswith(RUN_ARTIFACT):
@@ -104,11 +104,11 @@ def load_data(config: TrainConfig, recorded: RecordedData | None = None) -> Data
         frame["truth"] = frame["label"]
         data_hash = frame_hash(frame[["text", "label"]])
     else:
-        traffic = generate(TrafficConfig(seed=config.seed, n_events=config.n_events, n_users=config.n_users,
-                                         scenario=config.scenario))
+        traffic = generate(generator_config(config, source))
         frame = traffic.events.rename(columns={"true_label": "truth"})
-        users, scenario = traffic.users, config.scenario
-        source = f"{GENERATOR}{scenario}?seed={config.seed}&n_events={config.n_events}&n_users={config.n_users}"
+        users, scenario = traffic.users, traffic.config.scenario
+        source = (f"{GENERATOR}{scenario}?seed={traffic.config.seed}&n_events={traffic.config.n_events}"
+                  f"&n_users={traffic.config.n_users}")
         data_hash = frame_hash(frame[["text", "label"]])
     frame = frame[[c for c in COLUMNS if c in frame.columns]]
     prepared = prepare(frame, split, source=source)
@@ -116,6 +116,19 @@ def load_data(config: TrainConfig, recorded: RecordedData | None = None) -> Data
                           prepared.note)
     return Dataset(prepared.frame, users, prepared.cut, prepared.classes, data_hash, source, scenario,
                    prepared.how, prepared.note, split.seed, split.holdout)
+
+
+def generator_config(config: TrainConfig, recorded: str | None) -> TrafficConfig:
+    """Generated traffic as a recorded `generator:` URI names it (a retrain regenerates the champion's rows),
+    else as the config says."""
+    if recorded is None:
+        return TrafficConfig(seed=config.seed, n_events=config.n_events, n_users=config.n_users,
+                             scenario=config.scenario)
+    scenario, _, query = recorded.removeprefix(GENERATOR).partition("?")
+    params = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
+    return TrafficConfig(scenario=scenario, seed=int(params.get("seed", config.seed)),
+                         n_events=int(params.get("n_events", config.n_events)),
+                         n_users=int(params.get("n_users", config.n_users)))
 
 
 def with_collected(data: Dataset, collected: Collected) -> Dataset:

@@ -35,12 +35,13 @@ def code_version() -> str:
 @task(retries=2, retry_delay_seconds=3)
 def champion_data(settings: CommonSettings) -> RecordedData | None:
     """The data the champion was trained on and how it was split, as the nearest train version in its lineage
-    recorded it."""
+    recorded it (no URI when none did), and since when the examples table holds rows new to it."""
     registry = Registry(settings)
     champion = registry.champion()
     if champion is None:
         return None
-    for version in registry.lineage(champion):
+    lineage = registry.lineage(champion)
+    for version in lineage:
         tags = version.tags
         if tags.get("data_uri"):
             get_run_logger().info("champion v%d's data: %s (recorded on v%d)", champion.version, tags["data_uri"],
@@ -49,7 +50,8 @@ def champion_data(settings: CommonSettings) -> RecordedData | None:
             since = float(tags["collected_since"]) if tags.get("collected_since") else version.created_ms / 1000
             return RecordedData(tags["data_uri"], int(tags.get("split_seed", 0)), float(tags.get("holdout", 0.2)),
                                 since)
-    return None
+    get_run_logger().info("champion v%d records no training data", champion.version)
+    return RecordedData(None, 0, 0.2, lineage[-1].created_ms / 1000)
 
 
 @task(retries=2, retry_delay_seconds=3)

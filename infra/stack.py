@@ -1,9 +1,12 @@
-"""The embedded stack behind `loopline up | down | status`: six parts on 127.0.0.1, one state folder.
+"""The embedded stack behind `loopline up | down | status`: seven parts on 127.0.0.1, one state folder.
 
 Parts, in start order: the Kafka-compatible broker (with loopline's topics), MLflow,
-Prefect, the Evidently UI, serving and the feedback service. The last two need a
-`champion` in the registry; before the first `loopline train` there is none, so
-`up` leaves them *waiting* and a later `up` starts them. Every part runs as a
+Prefect, the Evidently UI, serving, the feedback service and the retrain runner
+(`loopline flows serve`: the nightly and on-drift deployments, at low CPU priority so
+that a retrain does not starve serving). The last three need a `champion` in the
+registry; before the first `loopline train` there is none, so `up` leaves them
+*waiting* and a later `up` starts them. `LOOPLINE_RUNNER_ENABLED=false` leaves the
+runner out. Every part runs as a
 process group of its own (`infra.process.ManagedProcess`) with `<name>.log` and
 `<name>.pid` in the state folder; `stack.json` there records ports and URLs, so
 `status`, `down` and other programs find the stack again with `Stack.load`:
@@ -49,17 +52,21 @@ from services.serving.settings import ServingSettings
 log = logging.getLogger(__name__)
 
 INFRA_PARTS = ("broker", "mlflow", "prefect", "evidently")
-MODEL_PARTS = ("serving", "feedback")  # need a champion in the registry
+MODEL_PARTS = ("serving", "feedback", "runner")  # need a champion in the registry
 PART_NAMES = INFRA_PARTS + MODEL_PARTS
 STATE_FILE = "stack.json"
 MARKER = "LOOPLINE_STACK_PART"
-HEALTHY, UNHEALTHY, STOPPED, WAITING = "healthy", "unhealthy", "stopped", "waiting"
+HEALTHY, UNHEALTHY, STOPPED, WAITING, OFF = "healthy", "unhealthy", "stopped", "waiting", "off"
+RUNNER_OFF = "LOOPLINE_RUNNER_ENABLED=false: drift alerts and the nightly schedule start no retrain"
 WAITING_DETAIL = "no champion yet: run `loopline train`, then `loopline up`"
 RUNNING_GRACE = 15.0  # seconds a part found running may take to answer before `up` calls it unhealthy
 PORT_ENV = {"broker": "LOOPLINE_BROKER_PORT", "mlflow": "LOOPLINE_MLFLOW_PORT", "prefect": "LOOPLINE_PREFECT_PORT",
-            "evidently": "LOOPLINE_EVIDENTLY_PORT", "serving": "LOOPLINE_PORT", "feedback": "LOOPLINE_METRICS_PORT"}
+            "evidently": "LOOPLINE_EVIDENTLY_PORT", "serving": "LOOPLINE_PORT", "feedback": "LOOPLINE_METRICS_PORT",
+            "runner": "LOOPLINE_RUNNER_PORT"}
 TIMEOUTS = {"broker": broker.START_TIMEOUT, "mlflow": mlflow_server.START_TIMEOUT,
-            "prefect": prefect_server.START_TIMEOUT, "evidently": 60.0, "serving": 120.0, "feedback": 120.0}
+            "prefect": prefect_server.START_TIMEOUT, "evidently": 60.0, "serving": 120.0, "feedback": 120.0,
+            "runner": 180.0}
+RUNNER_NICE = 10  # retrains yield the CPU to serving and the feedback service on a small machine
 
 
 class StackError(RuntimeError):
@@ -80,6 +87,10 @@ class StackSettings(CommonSettings):
                               validation_alias="LOOPLINE_PORT")
     feedback_port: int = Field(FeedbackSettings.model_fields["metrics_port"].default, ge=1, le=65535,
                                validation_alias="LOOPLINE_METRICS_PORT")
+    runner_port: int = Field(8003, ge=1, le=65535, description="The runner's health endpoint.")
+    runner_enabled: bool = Field(True, description="Run the nightly and on-drift retrain deployments.")
+    runner_encoder: str = Field("minilm", description="Encoder the runner's retrains use.")
+    runner_cron: str = Field("0 3 * * *", description="Schedule of the nightly retrain (cron, UTC).")
 
     def port(self, part: str) -> int:
         return int(getattr(self, f"{part}_port"))
@@ -108,6 +119,13 @@ class PartStatus:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class RunnerSettings:
+    enabled: bool = True
+    encoder: str = "minilm"
+    cron: str = "0 3 * * *"
+
+
 @dataclass
 class Stack:
     """The parts of one state folder; `up`, `status` and `down` act on them."""
@@ -116,11 +134,13 @@ class Stack:
     parts: dict[str, Part]
     model_name: str
     waiting: set[str] = field(default_factory=set)  # model parts `up` left waiting for a champion
+    runner: RunnerSettings = field(default_factory=lambda: RunnerSettings())
 
     @classmethod
     def from_settings(cls, settings: StackSettings) -> Stack:
         return cls(settings.state_dir.resolve(), {n: Part(n, settings.port(n)) for n in PART_NAMES},
-                   settings.model_name)
+                   settings.model_name,
+                   runner=RunnerSettings(settings.runner_enabled, settings.runner_encoder, settings.runner_cron))
 
     @classmethod
     def load(cls, state_dir: Path) -> Stack:
@@ -132,8 +152,9 @@ class Stack:
             raise StackError(f"no stack in {state_dir}: run `loopline up`") from None
         except ValueError as exc:
             raise StackError(f"{path} is unreadable ({exc}); `loopline down`, remove it and `loopline up`") from exc
+        runner = RunnerSettings(**data.get("runner", {}))
         return cls(Path(state_dir).resolve(), {n: Part(n, int(p["port"])) for n, p in data["parts"].items()},
-                   data["model_name"], set(data.get("waiting", [])))
+                   data["model_name"], set(data.get("waiting", [])), runner)
 
     @classmethod
     def for_up(cls, settings: StackSettings) -> Stack:
@@ -162,7 +183,8 @@ class Stack:
 
     def save(self) -> None:
         data = {"state_dir": str(self.state_dir), "model_name": self.model_name, "waiting": sorted(self.waiting),
-                "parts": {n: {"port": p.port, "url": p.url} for n, p in self.parts.items()}}
+                "parts": {n: {"port": p.port, "url": p.url} for n, p in self.parts.items()},
+                "runner": {"enabled": self.runner.enabled, "encoder": self.runner.encoder, "cron": self.runner.cron}}
         tmp = self.state_dir / f".{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         tmp.replace(self.state_dir / STATE_FILE)
@@ -195,13 +217,20 @@ class Stack:
             # DO_NOT_TRACK turns off its telemetry; GIT_COMMIT spares it a `git rev-parse` for /api/version.
             proc = ManagedProcess(name, cmd, self.state_dir, env={**os.environ, "DO_NOT_TRACK": "1",
                                                                    "GIT_COMMIT": "-"}, url=url)
+        elif name == "runner":
+            env = {**os.environ, **self.client_env(), "PREFECT_RUNNER_SERVER_ENABLE": "true",
+                   "PREFECT_RUNNER_SERVER_HOST": HOST, "PREFECT_RUNNER_SERVER_PORT": str(port)}
+            command = ["nice", "-n", str(RUNNER_NICE), sys.executable, "-m", "loopline", "flows", "serve",
+                       "--encoder", self.runner.encoder, "--cron", self.runner.cron]
+            proc = ManagedProcess(name, command, self.state_dir, env=env, url=url)
         else:
             env = {k: v for k, v in os.environ.items() if k != "LOOPLINE_BUNDLE"}  # the stack serves @champion
             env.update(self.client_env(), LOOPLINE_HOST=HOST)
             if not env.get("LOOPLINE_ADMIN_TOKEN") and (token := stack_admin_token(self.state_dir)) is not None:
                 env["LOOPLINE_ADMIN_TOKEN"] = token  # in the environment only, never on the command line
-            command = "serve" if name == "serving" else "feedback"
-            proc = ManagedProcess(name, [sys.executable, "-m", "loopline", command], self.state_dir, env=env, url=url)
+            command_name = "serve" if name == "serving" else "feedback"
+            proc = ManagedProcess(name, [sys.executable, "-m", "loopline", command_name], self.state_dir, env=env,
+                                  url=url)
         return proc
 
     def healthy(self, name: str) -> bool:
@@ -210,7 +239,7 @@ class Stack:
         if name == "broker":
             return broker.broker_healthy(url)
         path = {"mlflow": "/health", "prefect": "/health", "evidently": "/api/version", "serving": "/readyz",
-                "feedback": "/healthz"}[name]
+                "feedback": "/healthz", "runner": "/health"}[name]
         return httpx.get(url + path, timeout=2.0).status_code == 200
 
     def ready(self, name: str) -> None:
@@ -266,7 +295,7 @@ class Stack:
                 if "broker" in running:
                     self.ready("broker")
                 self._start([n for n in INFRA_PARTS if n not in running], started, report)
-                missing = [n for n in MODEL_PARTS if n not in running]
+                missing = [n for n in MODEL_PARTS if n not in running and (n != "runner" or self.runner.enabled)]
                 if missing and not self.has_champion():
                     self.waiting = set(missing)
                     for name in missing:
@@ -288,6 +317,9 @@ class Stack:
         result = []
         for name, part in self.parts.items():
             proc = self.handle(name)
+            if proc is None and name == "runner" and not self.runner.enabled:
+                result.append(PartStatus(part, None, OFF, RUNNER_OFF))
+                continue
             if proc is None:
                 waiting = name in self.waiting
                 result.append(PartStatus(part, None, WAITING if waiting else STOPPED,

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 import warnings
 from datetime import UTC, datetime
@@ -34,7 +33,6 @@ from loopline.cli_stack import STATE_HELP, _port, _settings
 from loopline.ui import console, fail, progress_display
 
 if TYPE_CHECKING:
-    from infra.process import ManagedProcess
     from infra.stack import Stack
     from loopline.demo.plan import DemoPlan
     from loopline.demo.report import Freshness
@@ -46,7 +44,6 @@ log = logging.getLogger(__name__)
 
 DEMO_MARKER = "demo.json"  # a state folder the demo made; the next demo may stop and replace it
 LOOPLINE_DIRS = ("stack.json", DEMO_MARKER, "mlflow", "prefect", "feedback", "feast")
-RUNNER = "flows"  # the `loopline flows serve` process, in the state folder beside the stack's parts
 FLOW = "train-quantize-compile-deploy"
 FINAL_STATES = {"Completed", "Failed", "Crashed", "Cancelled", "TimedOut"}
 
@@ -82,6 +79,7 @@ def demo(
     evidently_port: int | None = _port("evidently", "LOOPLINE_EVIDENTLY_PORT", 8002),
     serving_port: int | None = _port("serving", "LOOPLINE_PORT", 8000),
     feedback_port: int | None = _port("feedback", "LOOPLINE_METRICS_PORT", 8001),
+    runner_port: int | None = _port("runner", "LOOPLINE_RUNNER_PORT", 8003),
 ) -> None:
     """Run the whole loop on the embedded stack and report what it measured (the stack stays up)."""
     began = time.time()
@@ -95,9 +93,11 @@ def demo(
                              retrain if retrain is not None else data is None, data, test, shots)
     except ValueError as exc:
         fail(str(exc))
+    for key, value in plan.stack_env.items():
+        os.environ.setdefault(key, value)  # your own LOOPLINE_* settings win
     settings = _settings(state_dir=state_dir, broker_port=broker_port, mlflow_port=mlflow_port,
                          prefect_port=prefect_port, evidently_port=evidently_port, serving_port=serving_port,
-                         feedback_port=feedback_port)
+                         feedback_port=feedback_port, runner_port=runner_port)
     _quiet_logs()
     _fresh_state(settings.state_dir.resolve(), reset)
     try:
@@ -105,32 +105,26 @@ def demo(
     except StackError as exc:
         fail(str(exc))
     _write_marker(stack, plan)
-    for key, value in plan.stack_env.items():
-        os.environ.setdefault(key, value)  # your own LOOPLINE_* settings win
     _print_plan(plan, stack)
 
-    runner: ManagedProcess | None = None
     try:
         console.rule("[bold]1. the stack")
         _up(stack)
         os.environ.update(stack.client_env())  # before Prefect is imported: the flow runs on the stack's server
         console.rule("[bold]2. the train flow, a run on the stack's Prefect server")
         first = _train(plan, stack)
-        console.rule("[bold]3. serving, feedback service" + (", retrain deployments" if plan.retrain else ""))
-        if plan.retrain:
-            runner = _start_runner(plan, stack)
+        console.rule("[bold]3. serving, feedback service" + (", retrain runner" if stack.runner.enabled else ""))
         _up(stack)
-        if runner is not None:
-            _wait_deployment(stack, runner)
+        if stack.runner.enabled:
+            _wait_deployment(stack)
         before = _score_test(plan, stack, "the few-shot champion")
         console.rule("[bold]4. traffic replay" + ("" if plan.on_data else " with drift onset"))
         sim, watch = _replay(plan, stack, first)
         after = _score_test(plan, stack, "after the replay")
         cut = False
-        if runner is not None and not _wait_retrain(watch, began + plan.budget_s):
+        if stack.runner.enabled and not _wait_retrain(watch, began + plan.budget_s):
             cut = True
-            _stop(runner)  # before the summary, so that it says what became of the run
-            runner = None
+            _stop_runner(stack)  # before the summary, so that it says what became of the run
         watch.stop()
         console.rule("[bold]5. summary")
         _report(plan, stack, sim, watch, out, began, cut, before, after)
@@ -146,9 +140,6 @@ def demo(
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/]; the stack is still up: `loopline down{_state_flag(stack)}` stops it")
         raise typer.Exit(code=130) from None
-    finally:
-        if runner is not None:
-            _stop(runner)
 
 
 # -- set-up ------------------------------------------------------------------------------------
@@ -181,27 +172,9 @@ def _fresh_state(state: Path, reset: bool) -> None:
     try:
         if (state / STATE_FILE).exists():
             Stack.load(state).down(lambda name, what: console.print(f"  {name:<10} {what}"))
-        leftover = _runner_handle(state)
-        if leftover is not None:
-            leftover.stop()
     except StackError as exc:
         fail(f"could not stop the stack in {state}: {exc}")
     shutil.rmtree(state)
-
-
-def _runner_handle(state: Path) -> ManagedProcess | None:
-    """A `flows serve` an earlier demo left running (killed before it could stop it), if its PID file is ours."""
-    from infra.process import ManagedProcess
-    from infra.stack import MARKER
-
-    proc = ManagedProcess.from_pidfile(RUNNER, state)
-    if proc is None or proc.pid is None:
-        return None
-    try:
-        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    return proc if f"{MARKER}={state}:{RUNNER}".encode() in environ else None
 
 
 def _print_plan(plan: DemoPlan, stack: Stack) -> None:
@@ -226,7 +199,8 @@ def _print_plan(plan: DemoPlan, stack: Stack) -> None:
                                 f"clients; {traffic.scenario} drift from request {traffic.onset_index:,} on "
                                 f"(strength {plan.strength:g}: share of requests in the new wording)")
     table.add_row("feedback", plan.feedback.describe() + "; over Kafka, keyed by prediction id")
-    table.add_row("retrain", f"on drift: `loopline {' '.join(plan.retrain_command())}`" if plan.retrain else "off")
+    table.add_row("retrain", "on drift: the stack's runner (`loopline flows serve`) trains on the champion's data "
+                  "plus the feedback collected" if plan.retrain else "off (LOOPLINE_RUNNER_ENABLED=false)")
     table.add_row("stack settings", ", ".join(
         f"{key}={os.environ[key]}" for key in sorted(plan.stack_env)) + " (your own LOOPLINE_* variables win)")
     table.add_row("feedback service", f"update window {effective.update_interval_s:g} s, hold-back "
@@ -278,26 +252,17 @@ def _train(plan: DemoPlan, stack: Stack) -> int:
     return result.version
 
 
-def _start_runner(plan: DemoPlan, stack: Stack) -> ManagedProcess:
-    from infra.process import ManagedProcess
-    from infra.stack import MARKER
-
-    env = {**os.environ, MARKER: f"{stack.state_dir}:{RUNNER}"}
-    runner = ManagedProcess(RUNNER, [sys.executable, "-m", "loopline", *plan.retrain_command()], stack.state_dir,
-                            env=env)
-    runner.start()
-    console.print(f"  [green]{RUNNER:<10}[/] `loopline {' '.join(plan.retrain_command())}` (pid {runner.pid}, "
-                  f"log {runner.log_path})")
-    return runner
-
-
-def _wait_deployment(stack: Stack, runner: ManagedProcess, timeout: float = 180.0) -> None:
+def _wait_deployment(stack: Stack, timeout: float = 180.0) -> None:
     url = f"{stack.parts['prefect'].url}/deployments/name/{FLOW}/on-drift"
     deadline = time.monotonic() + timeout
+    runner = stack.handle("runner")
+    if runner is None:
+        raise DemoError(f"the stack's runner is not running; `loopline status{_state_flag(stack)}` says why")
     with console.status("waiting for the on-drift deployment..."):
         while time.monotonic() < deadline:
             if not runner.running():
-                raise DemoError(f"`loopline flows serve` exited; log {runner.log_path}:\n{runner.log_tail()}")
+                raise DemoError(f"the runner (`loopline flows serve`) exited; log {runner.log_path}:\n"
+                                f"{runner.log_tail()}")
             try:
                 if httpx.get(url, timeout=5).status_code == 200:
                     console.print(f"  [green]{'on-drift':<10}[/] deployment registered: a drift alert starts a "
@@ -309,9 +274,12 @@ def _wait_deployment(stack: Stack, runner: ManagedProcess, timeout: float = 180.
     raise DemoError(f"the on-drift deployment did not appear within {timeout:.0f} s; log {runner.log_path}")
 
 
-def _stop(runner: ManagedProcess) -> None:
+def _stop_runner(stack: Stack) -> None:
     from infra.process import ProcessError
 
+    runner = stack.handle("runner")
+    if runner is None:
+        return
     try:
         runner.stop()
     except ProcessError as exc:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from infra.stack import Stack, StackSettings
 
 STATE_HELP = "State folder for logs, PID files and data [env LOOPLINE_STATE_DIR, default .state]."
-HEALTH_STYLE = {"healthy": "green", "unhealthy": "red", "stopped": "dim", "waiting": "yellow"}
+HEALTH_STYLE = {"healthy": "green", "unhealthy": "red", "stopped": "dim", "waiting": "yellow", "off": "dim"}
 
 
 def _port(part: str, env: str, default: int) -> Any:
@@ -65,18 +65,21 @@ def up(
     evidently_port: int | None = _port("evidently", "LOOPLINE_EVIDENTLY_PORT", 8002),
     serving_port: int | None = _port("serving", "LOOPLINE_PORT", 8000),
     feedback_port: int | None = _port("feedback", "LOOPLINE_METRICS_PORT", 8001),
+    runner_port: int | None = _port("runner", "LOOPLINE_RUNNER_PORT", 8003),
 ) -> None:
-    """Start the broker, MLflow, Prefect, the Evidently UI, serving and feedback; wait until healthy.
+    """Start the broker, MLflow, Prefect, the Evidently UI, serving, feedback and the retrain runner; wait until
+    healthy.
 
-    Parts already running are left alone. Serving and the feedback service start once the
-    registry has a champion (`loopline train`); until then they wait for the next `up`.
+    Parts already running are left alone. Serving, the feedback service and the runner (nightly and on-drift
+    retrains; LOOPLINE_RUNNER_ENABLED=false leaves it out) start once the registry has a champion
+    (`loopline train`); until then they wait for the next `up`.
     """
     from infra.process import ProcessError
     from infra.stack import Stack, StackError
 
     settings = _settings(state_dir=state_dir, broker_port=broker_port, mlflow_port=mlflow_port,
                          prefect_port=prefect_port, evidently_port=evidently_port, serving_port=serving_port,
-                         feedback_port=feedback_port)
+                         feedback_port=feedback_port, runner_port=runner_port)
     _quiet_logs()
     try:
         stack = Stack.for_up(settings)
@@ -96,7 +99,7 @@ def status(
     state_dir: Path | None = typer.Option(None, help=STATE_HELP, show_default=False),
     env: bool = typer.Option(False, "--env", help="Print `export` lines for clients of the stack instead."),
 ) -> None:
-    """Show each part of the stack, its URL, PID and health (exit 1 unless all are healthy or waiting)."""
+    """Show each part of the stack, its URL, PID and health (exit 1 unless all are healthy, waiting or off)."""
     _quiet_logs()
     stack = _recorded(state_dir)
     if env:
@@ -131,4 +134,4 @@ def _print_table(stack: Stack) -> bool:
         table.add_row(row.part.name, row.part.url, str(row.pid or "-"),
                       f"[{HEALTH_STYLE[row.health]}]{row.health}[/]", row.detail)
     console.print(table)
-    return all(row.health in ("healthy", "waiting") for row in rows)
+    return all(row.health in ("healthy", "waiting", "off") for row in rows)

@@ -69,7 +69,6 @@ class DemoPlan:
     strength: float  # share of requests worded in the new way after the onset
     train_events: int
     retrain: bool
-    retrain_events: int
     rolling: int  # requests per accuracy window (plot, worst stretch)
     budget_s: float  # a retrain still running when the whole demo has taken this long is not waited for
     workers: int = 4  # concurrent HTTP clients
@@ -93,14 +92,14 @@ class DemoPlan:
         if size == "full":
             plan = cls(size, encoder, seed, events=18_000, rate=60.0, onset=0.25, strength=0.75,
                        train_events=2_000 if tiny else 10_000, retrain=retrain,
-                       retrain_events=2_000 if tiny else 6_000, rolling=400, budget_s=14 * 60,
+                       rolling=400, budget_s=14 * 60,
                        stack_env={"LOOPLINE_UPDATE_INTERVAL_S": "2", "LOOPLINE_REGISTRY_INTERVAL_S": "90",
                                   "LOOPLINE_DRIFT_WINDOW_EVENTS": "400", "LOOPLINE_DRIFT_MIN_EVENTS": "200",
                                   "LOOPLINE_DRIFT_WINDOW_S": "30"})
         elif size == "small":
             plan = cls(size, encoder, seed, events=3_000, rate=50.0, onset=0.35, strength=0.8,
                        train_events=2_000 if tiny else 6_000, retrain=retrain,
-                       retrain_events=2_000 if tiny else 4_000, rolling=150, budget_s=8 * 60,
+                       rolling=150, budget_s=8 * 60,
                        stack_env={"LOOPLINE_UPDATE_INTERVAL_S": "2", "LOOPLINE_REGISTRY_INTERVAL_S": "30",
                                   "LOOPLINE_DRIFT_WINDOW_EVENTS": "200", "LOOPLINE_DRIFT_MIN_EVENTS": "100",
                                   "LOOPLINE_DRIFT_WINDOW_S": "15", "LOOPLINE_MIN_HOLDOUT": "20"})
@@ -115,7 +114,7 @@ class DemoPlan:
                              f"(need at least {4 * plan.rolling})")
         if plan.rate <= 0:
             raise ValueError("rate must be positive")
-        return plan
+        return plan.with_runner()
 
     @classmethod
     def _on_data(cls, size: Size, encoder: str, seed: int, events: int | None, rate: float | None, retrain: bool,
@@ -127,7 +126,7 @@ class DemoPlan:
         rolling = 800 if size == "full" else 150
         n = len(replay_requests(data, shots, seed, events))
         plan = cls(size, encoder, seed, events=n, rate=rate or (60.0 if size == "full" else 80.0), onset=1.0,
-                   strength=0.0, train_events=0, retrain=retrain, retrain_events=0, rolling=rolling,
+                   strength=0.0, train_events=0, retrain=retrain, rolling=rolling,
                    budget_s=(14 if size == "full" else 8) * 60, data=data, test=test, shots=shots,
                    stack_env={"LOOPLINE_UPDATE_INTERVAL_S": "2", "LOOPLINE_REGISTRY_INTERVAL_S": "90",
                               "LOOPLINE_DRIFT_WINDOW_EVENTS": "400", "LOOPLINE_DRIFT_MIN_EVENTS": "200",
@@ -137,7 +136,7 @@ class DemoPlan:
                              f"the first and last {rolling} requests, so it needs at least {2 * rolling}")
         if plan.rate <= 0:
             raise ValueError("rate must be positive")
-        return plan
+        return plan.with_runner()
 
     @property
     def on_data(self) -> bool:
@@ -163,19 +162,14 @@ class DemoPlan:
         return TrafficConfig(seed=self.seed + 1, user_seed=self.seed, n_users=N_USERS, n_events=self.events,
                              scenario=SCENARIO, onset=self.onset, strength=self.strength)
 
+    def with_runner(self) -> DemoPlan:
+        """The stack's runner (`loopline flows serve`) is the retrain: on with --retrain, with the demo's encoder.
+        It trains on the champion's data plus the feedback the loop collected (the examples table)."""
+        env = {"LOOPLINE_RUNNER_ENABLED": "true" if self.retrain else "false", "LOOPLINE_RUNNER_ENCODER": self.encoder}
+        return replace(self, stack_env={**self.stack_env, **env})
+
     def train_config(self) -> TrainConfig:
         if self.data is not None:
             return TrainConfig(data_path=self.data, shots=self.shots, encoder=self.encoder, seed=self.seed)
         return TrainConfig(encoder=self.encoder, n_events=self.train_events, n_users=N_USERS, seed=self.seed)
 
-    def retrain_command(self) -> list[str]:
-        """Arguments of `loopline flows serve` for the drift-triggered retrain.
-
-        On your data the retrain trains on the champion's data (its few-shot draw). On generated
-        traffic the flow does not read the feedback topic; generated `new_phrasing` traffic
-        stands in for the recent requests a retrain would read.
-        """
-        if self.on_data:
-            return ["flows", "serve", "--encoder", self.encoder, "--seed", str(self.seed)]
-        return ["flows", "serve", "--encoder", self.encoder, "--scenario", SCENARIO,
-                "--events", str(self.retrain_events), "--seed", str(self.seed)]

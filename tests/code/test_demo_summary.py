@@ -36,7 +36,10 @@ def test_plans_replay_the_same_users_as_training_with_a_seeded_feedback_model() 
     assert delays.max() <= plan.feedback.delay_max_s and np.median(delays) == pytest.approx(2.0, rel=0.15)
     givers = {u for u, a in zip(events["user_id"], answered, strict=True) if a}
     assert all(plan.feedback.gives_feedback(u, plan.seed) for u in givers)
-    assert "--scenario" in plan.retrain_command() and plan.stack_env["LOOPLINE_MIN_HOLDOUT"] == "20"
+    assert plan.stack_env["LOOPLINE_MIN_HOLDOUT"] == "20"
+    assert plan.stack_env["LOOPLINE_RUNNER_ENABLED"] == "true"
+    assert plan.stack_env["LOOPLINE_RUNNER_ENCODER"] == plan.encoder
+    assert DemoPlan.make("small", retrain=False).stack_env["LOOPLINE_RUNNER_ENABLED"] == "false"
     with pytest.raises(ValueError, match="too few"):
         DemoPlan.make("small", events=300)
     with pytest.raises(ValueError, match="encoder"):
@@ -164,13 +167,10 @@ def test_demo_refuses_bad_options_and_foreign_state_folders_before_starting_anyt
     assert refused.exit_code == 2 and "not deleting" in refused.output and (foreign / "cat.jpg").exists()
 
 
-def test_the_retrain_deployments_train_on_what_the_demo_asks_for() -> None:
+def test_the_retrain_deployments_train_on_the_champions_data_plus_what_was_collected() -> None:
     from flows.deployments import build_deployments
 
-    plan = DemoPlan.make("full", "tiny", seed=2)
-    config = plan.train_config().model_copy(update={"scenario": "new_phrasing", "n_events": plan.retrain_events})
-    nightly, on_drift = build_deployments(config=config)
+    nightly, on_drift = build_deployments(encoder="tiny")
     for deployment in (nightly, on_drift):
-        assert deployment.parameters["config"]["scenario"] == "new_phrasing"
-        assert deployment.parameters["config"]["n_events"] == 2_000 and deployment.parameters["config"]["seed"] == 2
-    assert build_deployments(encoder="tiny")[1].parameters["config"]["scenario"] == "stable"
+        config = deployment.parameters["config"]
+        assert config["from_champion"] and config["collected"] and config["encoder"] == "tiny"

@@ -171,7 +171,7 @@ def test_up_gives_serving_and_feedback_a_generated_admin_token_unless_one_is_set
         path = tmp_path / ADMIN_TOKEN_FILE
         token = path.read_text().strip()
         assert len(token) >= 32 and path.stat().st_mode & 0o777 == 0o600
-        for name in MODEL_PARTS:
+        for name in ("serving", "feedback"):  # the runner takes no admin actions
             process = Stack.process(stack, name)  # the real part's process, not the stand-in's
             assert (process.env or {})["LOOPLINE_ADMIN_TOKEN"] == token and token not in " ".join(process.cmd)
         assert token not in str(stack.client_env()) and token not in (tmp_path / "stack.json").read_text()
@@ -179,5 +179,8 @@ def test_up_gives_serving_and_feedback_a_generated_admin_token_unless_one_is_set
         assert path.read_text().strip() == token, "kept across `up`s"
         monkeypatch.setenv("LOOPLINE_ADMIN_TOKEN", "the-users-own-" + "x" * 16)
         assert (Stack.process(stack, "feedback").env or {})["LOOPLINE_ADMIN_TOKEN"].startswith("the-users-own-")
+        runner = Stack.process(stack, "runner")
+        assert runner.cmd[:3] == ["nice", "-n", "10"] and runner.cmd[-6:-2] == ["flows", "serve", "--encoder",
+                                                                               "minilm"]
     finally:
         stack.down()

@@ -13,12 +13,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infra.broker import TOPICS, admin_client
+from infra.broker import FEEDBACK, TOPICS, admin_client
 from infra.process import ManagedProcess, free_port, port_is_free
 from infra.stack import HEALTHY, INFRA_PARTS, MARKER, MODEL_PARTS, PART_NAMES, STOPPED, WAITING, Stack
 from models.traffic import TrafficConfig, generate
+from services.common.events import FeedbackEvent
+from services.common.examples import ExamplesTable
 from services.common.features import materialize, open_store
-from services.common.registry import Registry
+from services.common.registry import Registry, Version
 from services.common.settings import CommonSettings
 from tests.conftest import TinyModel
 from tests.integration.helpers import drift_state, wait_until
@@ -26,9 +28,11 @@ from tests.integration.stack import bin_command, register
 
 
 def loopline(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
-    """Run `loopline` in an environment that names no server, as a fresh shell would."""
+    """Run `loopline` in an environment that names no server, as a fresh shell would (retrains on the tiny
+    encoder, as in every test)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOPLINE_", "PREFECT_API"))}
     env["COLUMNS"] = "200"  # one table row per line
+    env["LOOPLINE_RUNNER_ENCODER"] = "tiny"
     return subprocess.run(bin_command(*args), env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -71,6 +75,46 @@ def assert_down(state: Path, pids: list[int]) -> None:
     assert all(port_is_free(part.port) for part in Stack.load(state).parts.values())
 
 
+def send_feedback(stack: Stack, n: int) -> None:
+    """`n` requests through serving, each answered with feedback on the broker, as an app would."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=stack.parts["broker"].url)
+    with httpx.Client(base_url=stack.parts["serving"].url, timeout=30) as http:
+        for i, event in enumerate(generate(TrafficConfig(n_events=n, n_users=30, seed=4)).events.itertuples()):
+            answer = http.post("/v1/predict", json={"text": event.text, "user_id": event.user_id}).json()
+            feedback = FeedbackEvent(event_id=f"stack-{i}", prediction_id=answer["prediction_id"], label=event.label)
+            producer.send(FEEDBACK, key=answer["prediction_id"].encode(), value=feedback.model_dump_json().encode())
+    producer.flush(10)
+    producer.close()
+
+
+def drift_retrain(stack: Stack, registry: Registry) -> Version:
+    """Emit `loopline.drift.detected` on the stack's Prefect; the runner's on-drift run must complete and register
+    a version."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.deployments import emit_drift_detected
+
+    async def completed() -> int:
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name("train-quantize-compile-deploy/on-drift")
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+            return sum(r.state_name == "Completed" for r in runs)
+
+    runner = stack.handle("runner")
+    assert runner is not None
+    with temporary_settings({PREFECT_API_URL: stack.parts["prefect"].url}):
+        emit_drift_detected("feedback", {"drift_share": 0.7, "accuracy": 0.6, "reason": "test"})
+        assert wait_until(lambda: asyncio.run(completed()) > 0, 480, every=3), runner.log_tail(80)
+    return max((v for v in registry.versions() if v.tags.get("source") == "train"), key=lambda v: v.version)
+
+
 def assert_infra_up_and_models_waiting(state: Path) -> None:
     """`status` and the servers agree: infrastructure healthy, serving and feedback waiting for a champion."""
     status = loopline("status", "--state-dir", str(state))
@@ -107,7 +151,7 @@ def test_a_taken_port_fails_clearly_and_starts_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_up_down_up_again_then_up_with_a_champion_starts_serving_and_feedback(
+def test_up_down_up_again_then_up_with_a_champion_starts_serving_feedback_and_the_runner(
         tmp_path: Path, trained: TinyModel) -> None:
     """One stack through its life (each `up` of infrastructure costs half a minute on 2 cores): up from a clean
     state, down, up again with no ports given (the state folder remembers them), then a champion appears and
@@ -162,6 +206,14 @@ def test_up_down_up_again_then_up_with_a_champion_starts_serving_and_feedback(
         promote = subprocess.run(bin_command("promote"), env={**env, **client}, capture_output=True, text=True,
                                  timeout=360, check=False)
         assert promote.returncode == 0 and "unchanged v1" in promote.stdout, promote.stdout + promote.stderr
+
+        # The runner closes the slow path: feedback reaches the examples table, a drift alert a completed retrain
+        # whose version names the examples it read.
+        table = ExamplesTable(str(state / "examples"))
+        send_feedback(stack, 120)
+        assert wait_until(lambda: len(table.read()) >= 100, 90), Stack.load(state).handle("feedback")
+        retrained = drift_retrain(stack, registry)
+        assert int(retrained.tags["collected_rows"]) >= 100 and retrained.tags["examples_version"], retrained.tags
     finally:
         pids = group_pids(state)
         assert_down(state, pids)
