@@ -71,6 +71,13 @@ class FeedbackCollector(Collector):
         for outcome, n in s.stats.registrations.items():
             registrations.add_metric([outcome], n)
         yield registrations
+        collector = s.collector
+        yield CounterMetricFamily("loopline_feedback_examples_kept", "Rows committed to the examples table by this "
+                                  "process", value=collector.rows_committed)
+        yield GaugeMetricFamily("loopline_feedback_examples_unsaved", "Judged examples not in the examples table "
+                                "yet (committed after the next checkpoint)", value=collector.waiting)
+        yield CounterMetricFamily("loopline_feedback_examples_commit_failures", "Examples-table commits that failed "
+                                  "(retried after the next checkpoint)", value=collector.failures)
         registering = s.registering
         yield GaugeMetricFamily("loopline_feedback_registrations_pending", "Registrations handed to the registry "
                                 "worker and not done yet (one in hand, one owed)",

@@ -28,6 +28,7 @@ import numpy as np
 from models.ftrl import FTRLProximal, HeadDelta
 from services.common.events import ModelUpdate
 from services.common.registry import Version
+from services.feedback.guard import Rollback
 from services.feedback.history import published_deltas
 from services.feedback.join import Joined
 from services.feedback.learner import LearnSettings, OnlineLearner, Progress
@@ -139,6 +140,11 @@ class _Abandon:
     key: str
 
 
+@dataclass(frozen=True)
+class _RollBack:
+    rollback: Rollback
+
+
 class Registrar:
     """The worker thread; `results` holds what it reports, in the order it happened."""
 
@@ -151,7 +157,7 @@ class Registrar:
         self.retry_max_s = retry_max_s
         self.drift = drift
         self.results: queue.Queue[Attempt | ChampionSeen] = queue.Queue()
-        self._jobs: queue.Queue[HeadSnapshot | _Check | _Abandon | None] = queue.Queue()
+        self._jobs: queue.Queue[HeadSnapshot | _Check | _Abandon | _RollBack | None] = queue.Queue()
         self._own_keys: set[str] = set()  # registrations in hand: as champion, the loop goes on from the snapshot
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -174,6 +180,10 @@ class Registrar:
     def check_champion(self, base_version: int) -> None:
         self._jobs.put(_Check(base_version))
 
+    def roll_back(self, rollback: Rollback) -> None:
+        """Move `champion` back as the guard decided, then report the champion as a check would."""
+        self._jobs.put(_RollBack(rollback))
+
     def abandon(self, snapshot: HeadSnapshot) -> None:
         """Stop trying to register `snapshot` (a try in flight still reports)."""
         self._jobs.put(_Abandon(snapshot.key))
@@ -191,6 +201,8 @@ class Registrar:
                 pending, number, retry_at = job, 0, 0.0
             elif isinstance(job, _Check):
                 self.results.put(self.champion_seen(job.base_version))
+            elif isinstance(job, _RollBack):
+                self.results.put(self.rolled_back(job.rollback))
             elif isinstance(job, _Abandon) and pending is not None and pending.key == job.key:
                 self._own_keys.discard(pending.key)
                 pending = None
@@ -219,6 +231,14 @@ class Registrar:
                         retry_in, _short(exc))
             return Attempt(snapshot, number, None, error=_short(exc), retry_in_s=retry_in)
         return Attempt(snapshot, number, registered, published)
+
+    def rolled_back(self, rollback: Rollback) -> ChampionSeen:
+        try:
+            self.keeper.roll_back(rollback.version, rollback.to, rollback.reason)
+            log.warning("%s", rollback.reason)
+        except Exception as exc:  # the next promotion is guarded again; this one stays
+            log.error("guard: rolling v%d back to v%d failed: %s", rollback.version, rollback.to, _short(exc))
+        return self.champion_seen(rollback.version)
 
     def champion_seen(self, base_version: int) -> ChampionSeen:
         try:

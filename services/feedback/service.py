@@ -62,6 +62,7 @@ from services.common.examples import ExamplesTable
 from services.common.registry import bound_registry_requests
 from services.feedback.checkpoint import Checkpoint, CheckpointStore
 from services.feedback.collect import Collector
+from services.feedback.guard import GuardSettings, PromotionGuard
 from services.feedback.history import decode, published_deltas, same_delta, sync_delta
 from services.feedback.intake import Record, far_future, parse, rejected_letter
 from services.feedback.join import (
@@ -175,6 +176,7 @@ class FeedbackService:
         self.trust = UserTrust(self._trust_settings())
         table = ExamplesTable(settings.examples_location) if settings.keep_examples else None
         self.collector = Collector(table, settings.group_id)
+        self.guard = PromotionGuard(self._guard_settings())
         self._next_retention = 0.0  # monotonic time of the next retention pass over the examples table
         restored = self.checkpoints.restore()
         self.problems = restored.problems  # damaged checkpoints skipped, for the operator
@@ -192,6 +194,9 @@ class FeedbackService:
         s = self.settings
         return LearnSettings(holdout_share=s.holdout_share, holdout_size=s.holdout_size,
                              min_holdout=s.min_holdout, gate_margin=s.gate_margin)
+
+    def _guard_settings(self) -> GuardSettings:
+        return GuardSettings(events=self.settings.guard_events, margin=self.settings.guard_margin)
 
     def _trust_settings(self) -> TrustSettings:
         return TrustSettings(alpha=self.settings.trust_alpha, history=self.settings.trust_history)
@@ -229,6 +234,8 @@ class FeedbackService:
         self.registering = _registering_from(state, checkpoint.files)
         self.owed = state.get("owed")
         self.collector.restore(checkpoint.files)
+        if "guard" in state:
+            self.guard = PromotionGuard.from_json(state["guard"], self._guard_settings())
         log.info("resumed from checkpoint %d: v%d+ftrl.%d, %d partitions", checkpoint.number,
                  self.learner.base_version, self.learner.sequence, len(self.offsets))
 
@@ -241,7 +248,7 @@ class FeedbackService:
             "records": dict(self.stats.records), "progress": self.learner.progress.to_json(),
             "registrations": dict(self.stats.registrations), "accepted_bases": sorted(self.accepted_bases),
             "unknown_labels": dict(self.stats.unknown_labels),
-            "next_registration": self.next_registration, "owed": self.owed,
+            "next_registration": self.next_registration, "owed": self.owed, "guard": self.guard.to_json(),
         }
         files = {HEAD: self.learner.model.to_bytes(), JOIN: self.store.to_bytes(),
                  HOLDOUT: joined_to_bytes(list(self.learner.holdout)),
@@ -319,6 +326,13 @@ class FeedbackService:
                 report = self.learner.learn_window(examples, end)
                 for joined, held in zip(examples, report.held, strict=True):
                     self.collector.keep(joined, "held_back" if held else "learned", None, report.decision, end)
+                rollback = self.guard.observe(predicted == joined.feedback.label for predicted, joined
+                                              in zip(report.predicted, examples, strict=True))
+                if rollback is not None:
+                    self.stats.registrations["guard_rollback"] += 1
+                    if self.registrar is not None:
+                        self.registrar.roll_back(rollback)
+                        self._checking = True  # the registrar reports the champion after the rollback
             finally:
                 self.learning_now = 0
             self.last_window_end = end
@@ -672,6 +686,12 @@ class FeedbackService:
             self.learner.holdout.extend(j for j in old.holdout if j.feedback.label in head.class_index)
         self.accepted_bases = (self.accepted_bases if same_inputs else set()) | {version}
         self.stats.registrations["reset"] += 1
+        if seen.champion is not None and seen.champion.tags.get("source") == "train" and version > old.base_version:
+            if self.guard.promoted(version, old.base_version):
+                log.info("guard: v%d is watched for %d feedback events against v%d", version,
+                         self.settings.guard_events, old.base_version)
+        else:
+            self.guard.reset()
         self._drop_registration(version, old.base_version)
         if self.observer is not None and not same_inputs:
             self.observer.new_reference(seen.reference, version)

@@ -43,6 +43,11 @@ class FeedbackSettings(CommonSettings):
     trust_history: int = Field(20, ge=1, le=64, description="Feedback events per user the trust verdict reads.")
     keep_examples: bool = Field(True, description="Keep every judged example in the examples table "
                                 "(LOOPLINE_EXAMPLES_URI), which retrains read.")
+    guard_events: int = Field(500, ge=0, description="After a retrain becomes champion, its progressive accuracy "
+                              "on this many feedback events is compared with the previous champion's on its last as "
+                              "many; 0: no guard.")
+    guard_margin: float = Field(0.02, ge=0.0, le=1.0, description="...and if it is lower by more than this, "
+                                "`champion` goes back to the previous version (reason tagged on the new one).")
     checkpoint_interval_s: float = Field(10.0, gt=0.0, description="Wall time between checkpoints.")
     checkpoints_kept: int = Field(3, ge=2)
     metrics_port: int = Field(8001, ge=1, le=65535, description="Health and Prometheus metrics.")

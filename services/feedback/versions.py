@@ -156,5 +156,10 @@ class VersionKeeper:
         log.info("registered the online head %s as v%d", key, version.version)
         return version
 
+    def roll_back(self, version: int, to: int, reason: str) -> None:
+        """The guard's rollback: `champion` back to `to`, and why on the version it leaves."""
+        self.registry.rollback(to)
+        self._tag(version, "guard.rolled_back", reason)
+
     def _tag(self, version: int, key: str, value: str) -> None:
         self.registry.client.set_model_version_tag(self.registry.name, str(version), key, value[:500])
