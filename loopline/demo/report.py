@@ -149,7 +149,8 @@ def summarize(answers: Sequence[Answer], feedback: Sequence[SentFeedback], faile
         state = f"stopped at the time budget ({run.state})" if retrain_cut else run.state
         retrain = {"flow_run": run.name, "state": state,
                    "seconds": None if run.start is None or run.end is None else run.end - run.start,
-                   "version": made[0].version if made else None, "decision": made[0].decision if made else None}
+                   "version": made[0].version if made else None, "decision": made[0].decision if made else None,
+                   **served_around(ordered, made[0].version if made else None, 2 * rolling)}
 
     def windows(decision: str) -> int:
         return int(metrics.get(f'loopline_feedback_windows_total{{decision="{decision}"}}', 0.0))
@@ -174,6 +175,21 @@ def summarize(answers: Sequence[Answer], feedback: Sequence[SentFeedback], faile
         versions=[{"version": v.version, "source": v.source, "parent": v.parent, "decision": v.decision}
                   for v in sorted(versions, key=lambda v: v.version)],
         retrain=retrain)
+
+
+def served_around(ordered: Sequence[Answer], version: int | None, n: int) -> dict[str, Any]:
+    """Served accuracy over the `n` requests before the first answer by `version` (or an online head on it)
+    and the `n` from it on; none if it never answered."""
+    if version is None:
+        return {}
+    mark = f"{version}+ftrl."
+    first = next((i for i, a in enumerate(ordered) if a.version == str(version) or a.version.startswith(mark)),
+                 None)
+    if first is None or first == 0:
+        return {}
+    before, after = ordered[max(0, first - n):first], ordered[first:first + n]
+    return {"served_before": float(np.mean([a.correct for a in before])), "served_before_n": len(before),
+            "served_after": float(np.mean([a.correct for a in after])), "served_after_n": len(after)}
 
 
 def _fmt(value: float | None, spec: str, unit: str = "") -> str:
@@ -211,6 +227,11 @@ def summary_table(s: Summary) -> Table:
         if s.retrain["decision"]:
             made += f" ({s.retrain['decision']})"
         rows.append(("retrain on drift", s.retrain["state"], f"flow run {s.retrain['flow_run']}, {took}{made}"))
+        if "served_after" in s.retrain:
+            rows.append(("served around its promotion",
+                         f"{s.retrain['served_before']:.3f} / {s.retrain['served_after']:.3f}",
+                         f"accuracy over the {s.retrain['served_before_n']:,} requests before v{s.retrain['version']} "
+                         f"first answered / the {s.retrain['served_after_n']:,} from then on"))
     rows.append(("wall time", f"{s.wall_s / 60:.1f} min", "set-up, stack, training, replay, summary"))
     for row in rows:
         table.add_row(*row)

@@ -11,7 +11,15 @@ import pytest
 from rich.console import Console
 
 from loopline.demo.plan import DemoPlan, FeedbackModel
-from loopline.demo.report import freshness, held_back, plot, rolling_accuracy, summarize, summary_table
+from loopline.demo.report import (
+    freshness,
+    held_back,
+    plot,
+    rolling_accuracy,
+    served_around,
+    summarize,
+    summary_table,
+)
 from loopline.demo.simulator import Answer, SentFeedback
 from loopline.demo.watch import FlowRun, RegistryVersion, Update, parse_metrics, version_key
 from models.traffic import generate
@@ -174,3 +182,12 @@ def test_the_retrain_deployments_train_on_the_champions_data_plus_what_was_colle
     for deployment in (nightly, on_drift):
         config = deployment.parameters["config"]
         assert config["from_champion"] and config["collected"] and config["encoder"] == "tiny"
+
+
+def test_served_accuracy_around_a_promotion_counts_requests_before_and_from_the_first_answer_by_it() -> None:
+    versions = ["1+ftrl.3"] * 10 + ["5"] * 2 + ["5+ftrl.1"] * 8
+    answers = [Answer(i, float(i), float(i), v, correct=i % 2 == 0 if i < 10 else True, after_onset=True)
+               for i, v in enumerate(versions)]
+    around = served_around(answers, 5, 4)
+    assert around == {"served_before": 0.5, "served_before_n": 4, "served_after": 1.0, "served_after_n": 4}
+    assert served_around(answers, 7, 4) == {} and served_around(answers, None, 4) == {}
