@@ -311,7 +311,7 @@ class FeedbackService:
         """
         mark = math.inf if flush else self.watermark.value(now)
         for rejected in self.store.expire(mark if not flush else -math.inf):
-            self._dead(rejected_letter(rejected))
+            self._dead(rejected_letter(self._unknown_label_first(rejected)))
         interval = self.settings.update_interval_s
         reports = []
         while (first := self.store.first_key_time()) is not None:
