@@ -121,13 +121,19 @@ def demo(
         console.rule("[bold]4. traffic replay" + ("" if plan.on_data else " with drift onset"))
         sim, watch = _replay(plan, stack, first)
         after = _score_test(plan, stack, "after the replay")
+        if plan.on_data and stack.runner.enabled and not watch.runs:
+            _start_retrain(stack, watch)  # no drift alert on your data: the retrain a nightly run would do, now
         cut = False
         if stack.runner.enabled and not _wait_retrain(watch, began + plan.budget_s):
             cut = True
             _stop_runner(stack)  # before the summary, so that it says what became of the run
+        retrained = None
+        if plan.on_data and watch.runs and not cut:
+            _serving_follows_champion(stack)
+            retrained = _score_test(plan, stack, "after the retrain")
         watch.stop()
         console.rule("[bold]5. summary")
-        _report(plan, stack, sim, watch, out, began, cut, before, after)
+        _report(plan, stack, sim, watch, out, began, cut, before, after, retrained)
     except DemoError as exc:
         fail(f"{exc}\nwhat runs is left for a look: `loopline status{_state_flag(stack)}` shows it, "
              f"`loopline down{_state_flag(stack)}` stops it")
@@ -377,6 +383,41 @@ def _view(plan: DemoPlan, sim: Simulator, watch: Watch, phase: str = "") -> Tabl
     return table
 
 
+def _start_retrain(stack: Stack, watch: Watch) -> None:
+    """A run of the on-drift deployment, started by hand: the champion's data plus what the replay collected."""
+    prefect = stack.parts["prefect"].url
+    try:
+        deployment = httpx.get(f"{prefect}/deployments/name/{FLOW}/on-drift", timeout=10)
+        deployment.raise_for_status()
+        run = httpx.post(f"{prefect}/deployments/{deployment.json()['id']}/create_flow_run", json={}, timeout=10)
+        run.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise DemoError(f"could not start the retrain: {exc}") from exc
+    console.print(f"  [green]retrain[/]    flow run {run.json()['name']} of the on-drift deployment, started by hand: "
+                  "the few-shot draw plus the feedback the replay collected")
+    with console.status("waiting for the runner to pick it up..."):
+        until = time.time() + 60
+        while not watch.runs and time.time() < until:
+            time.sleep(1.0)
+
+
+def _serving_follows_champion(stack: Stack, timeout: float = 90.0) -> None:
+    """Wait until serving answers with the registry's champion (a promoted retrain loads in seconds)."""
+    from services.common.registry import Registry
+    from services.common.settings import CommonSettings
+
+    champion = Registry(CommonSettings()).champion()
+    if champion is None:
+        return
+    until = time.time() + timeout
+    with console.status(f"waiting for serving to load v{champion.version}..."):
+        while time.time() < until:
+            current = httpx.get(f"{stack.parts['serving'].url}/v1/models/current", timeout=10).json()
+            if str(current.get("version", "")).split("+")[0] == str(champion.version):
+                return
+            time.sleep(1.0)
+
+
 def _wait_retrain(watch: Watch, deadline: float) -> bool:
     """Wait for a triggered retrain run to end, until `deadline` (unix seconds); False if one still runs."""
     if watch.alert_seen is not None and not watch.runs:  # the trigger may take a few seconds
@@ -419,7 +460,8 @@ def _score_test(plan: DemoPlan, stack: Stack, when: str) -> TestScore | None:
 
 
 def _report(plan: DemoPlan, stack: Stack, sim: Simulator, watch: Watch, out: Path, began: float,
-            retrain_cut: bool, before: TestScore | None = None, after: TestScore | None = None) -> None:
+            retrain_cut: bool, before: TestScore | None = None, after: TestScore | None = None,
+            retrained: TestScore | None = None) -> None:
     from dataclasses import replace
 
     from loopline.demo.report import freshness, plot, summarize, summary_table
@@ -430,7 +472,7 @@ def _report(plan: DemoPlan, stack: Stack, sim: Simulator, watch: Watch, out: Pat
         watch.seen(answer.version, answer.done)
     fresh = freshness(sim.feedback, watch.updates, watch.first_seen, fb.update_interval_s, fb.holdout_share)
     if plan.on_data:
-        _report_learning(plan, stack, sim, watch, out, began, fresh, before, after)
+        _report_learning(plan, stack, sim, watch, out, began, fresh, before, after, retrained)
         return
     events = [e["occurred"] for e in watch.drift_events if e["occurred"] is not None]
     # Detection is the feedback service's alert (seen on its /metrics, 1 s polls); the Prefect event follows it.
@@ -463,7 +505,8 @@ def _print_links(plan: DemoPlan, stack: Stack, png: Path, out: Path) -> None:
 
 
 def _report_learning(plan: DemoPlan, stack: Stack, sim: Simulator, watch: Watch, out: Path, began: float,
-                     fresh: Freshness, before: TestScore | None, after: TestScore | None) -> None:
+                     fresh: Freshness, before: TestScore | None, after: TestScore | None,
+                     retrained: TestScore | None = None) -> None:
     from dataclasses import replace
 
     from loopline.demo.learning import learning_table, plot_learning, summarize_learning
@@ -471,7 +514,8 @@ def _report_learning(plan: DemoPlan, stack: Stack, sim: Simulator, watch: Watch,
     assert plan.data is not None
     try:
         summary = summarize_learning(plan.data, plan.shots, sim.answers, sim.feedback, sim.failed, plan.rolling,
-                                     fresh, watch.metrics, list(watch.versions.values()), before, after)
+                                     fresh, watch.metrics, list(watch.versions.values()), before, after,
+                                     retrained)
     except ValueError as exc:
         raise DemoError(f"no summary: {exc}") from exc
     out.mkdir(parents=True, exist_ok=True)

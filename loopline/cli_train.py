@@ -27,6 +27,9 @@ def train(
                                            "often."),
     out_of_scope: str = typer.Option("oos", help="A class of this name means 'not something the assistant "
                                                  "does': answered with fallback."),
+    collected: bool = typer.Option(True, help="Also train on the examples the feedback service collected since the "
+                                              "champion's data was taken (the examples table); held-back ones "
+                                              "evaluate."),
 ) -> None:
     """One run of train -> quantize -> compile -> gate -> register -> deploy."""
     from pydantic import ValidationError
@@ -36,7 +39,7 @@ def train(
     try:
         config = TrainConfig(data_path=data, holdout=holdout, shots=shots, scenario=scenario, n_events=events,
                              seed=seed, encoder=encoder, epochs=epochs, deploy_margin=margin,
-                             target_precision=target_precision, out_of_scope=out_of_scope)
+                             target_precision=target_precision, out_of_scope=out_of_scope, collected=collected)
     except ValidationError as exc:
         fail(describe_invalid(exc))
     if data is not None:  # the flow would refuse it too, after seconds of imports: say it now, as `data check` does

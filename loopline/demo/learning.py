@@ -46,6 +46,7 @@ class LearningSummary:
     versions: list[dict[str, Any]]
     test_before: dict[str, Any] | None
     test_after: dict[str, Any] | None
+    test_retrained: dict[str, Any] | None = None  # after a retrain on the champion's data plus the feedback
     wall_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -60,7 +61,7 @@ class LearningSummary:
 def summarize_learning(data: str, shots: int, answers: Sequence[Answer], feedback: Sequence[SentFeedback],
                        failed: int, rolling: int, fresh: Freshness, metrics: dict[str, float],
                        versions: Sequence[RegistryVersion], before: TestScore | None,
-                       after: TestScore | None) -> LearningSummary:
+                       after: TestScore | None, retrained: TestScore | None = None) -> LearningSummary:
     if len(answers) < 2 * rolling:
         raise ValueError(f"{len(answers)} answers are too few to compare the first and last {rolling}")
     ordered = sorted(answers, key=lambda a: a.index)
@@ -84,7 +85,8 @@ def summarize_learning(data: str, shots: int, answers: Sequence[Answer], feedbac
         answers_by_online_head=sum(1 for a in answers if "+ftrl." in a.version),
         versions=[{"version": v.version, "source": v.source, "parent": v.parent, "decision": v.decision}
                   for v in sorted(versions, key=lambda v: v.version)],
-        test_before=None if before is None else asdict(before), test_after=None if after is None else asdict(after))
+        test_before=None if before is None else asdict(before), test_after=None if after is None else asdict(after),
+        test_retrained=None if retrained is None else asdict(retrained))
 
 
 def _test_row(name: str, score: dict[str, Any] | None) -> tuple[str, str, str]:
@@ -113,6 +115,7 @@ def learning_table(s: LearningSummary) -> Table:
         ("gain", f"{s.gain * 100:+.1f} points", "last minus first"),
         _test_row("test split before", s.test_before),
         _test_row("test split after", s.test_after),
+        *([_test_row("test split after the retrain", s.test_retrained)] if s.test_retrained else []),
         ("freshness p50 / p95", fresh, f"feedback produced -> served by the update that learned it "
                                        f"({s.freshness_events:,} events)"),
         ("online updates", f"{s.updates_published} published", f"{s.updates_rejected} rejected by the gate; "
