@@ -44,7 +44,9 @@ class TrainConfig(BaseModel):
     max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0,
                                      description="Gate: compiled model loses at most this much accuracy.")
     deploy_margin: float = Field(0.0, ge=0.0, le=1.0,
-                                 description="Challenger replaces champion unless worse by more than this.")
+                                 description="Challenger replaces champion unless worse by more than this share "
+                                             "of the eval rows, beyond noise (a paired test on the rows where they "
+                                             "disagree).")
     target_precision: float = Field(0.97, gt=0.0, le=1.0,
                                     description="Fallback: the confidence threshold is the lowest whose answered "
                                                 "held-out requests are right at least this often.")

@@ -82,8 +82,8 @@ def register(settings: CommonSettings, bundle: Path, tags: dict[str, Any], descr
 @task(cache_policy=NO_CACHE)
 def deploy(settings: CommonSettings, challenger: Version, accuracy: float,
            champion: tuple[Version, Comparison] | None, margin: float) -> tuple[bool, str]:
-    """Move `champion` to the challenger unless it is worse than the current one by more than `margin`, on the
-    rows whose class both have."""
+    """Move `champion` to the challenger unless it is significantly worse than the current one by more than
+    `margin` (paired, on the rows whose class both have); the guard after promotion watches it live."""
     registry = Registry(settings)
     if champion is None:
         reason = f"first version (accuracy {accuracy:.4f})"
@@ -92,15 +92,17 @@ def deploy(settings: CommonSettings, challenger: Version, accuracy: float,
                   f" a new label set (accuracy {accuracy:.4f})")
     else:
         current, vs = champion
-        if vs.challenger_accuracy < vs.champion_accuracy - margin:
+        paired = f"{vs.lost} rows only the champion got right, {vs.gained} only the challenger"
+        if vs.significantly_worse(margin):
             reason = (f"kept champion v{current.version}: challenger v{challenger.version} accuracy "
-                      f"{vs.challenger_accuracy:.4f} < champion {vs.champion_accuracy:.4f} - margin {margin:.4f} "
-                      f"{vs.describe()}")
+                      f"{vs.challenger_accuracy:.4f} vs champion {vs.champion_accuracy:.4f}, worse beyond noise and "
+                      f"margin {margin:.4f} ({paired}) {vs.describe()}")
             registry.client.set_model_version_tag(registry.name, str(challenger.version), "deploy.decision",
                                                   reason[:TAG_LIMIT])
             return False, reason
         reason = (f"challenger v{challenger.version} accuracy {vs.challenger_accuracy:.4f} vs champion "
-                  f"v{current.version} {vs.champion_accuracy:.4f} (margin {margin:.4f}) {vs.describe()}")
+                  f"v{current.version} {vs.champion_accuracy:.4f}, not worse beyond noise and margin {margin:.4f} "
+                  f"({paired}) {vs.describe()}")
     registry.promote(challenger.version, reason)
     registry.client.set_model_version_tag(registry.name, str(challenger.version), "deploy.decision",
                                           f"promoted: {reason}"[:TAG_LIMIT])

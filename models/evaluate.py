@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,13 @@ class Comparison:
     shared: int  # classes both models have
     added: tuple[str, ...]  # classes only the challenger has
     removed: tuple[str, ...]  # classes only the champion has
+    lost: int = 0  # rows only the champion gets right
+    gained: int = 0  # rows only the challenger gets right
+
+    def significantly_worse(self, margin: float, z: float = 1.64) -> bool:
+        """The challenger loses more than `margin` of the rows, beyond noise: a one-sided paired (McNemar-style)
+        check on the rows the two disagree on, as the feedback service's gate judges online updates."""
+        return self.lost - self.gained > margin * self.n + z * math.sqrt(self.lost + self.gained)
 
     @property
     def same_classes(self) -> bool:
@@ -107,13 +115,18 @@ def compare(truth: Sequence[str], challenger: tuple[np.ndarray, Sequence[str]],
     rows = np.array([t in shared for t in truth], dtype=bool)
     truth_arr = np.asarray(list(truth), dtype=object)[rows]
 
-    def accuracy(proba: np.ndarray, classes: Sequence[str]) -> float:
-        picked = np.asarray(list(classes), dtype=object)[proba[rows].argmax(axis=1)]
-        return float((picked == truth_arr).mean()) if len(truth_arr) else float("nan")
+    def right(proba: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+        return np.asarray(np.asarray(list(classes), dtype=object)[proba[rows].argmax(axis=1)] == truth_arr,
+                          dtype=bool)
 
-    return Comparison(accuracy(new_proba, new_classes), accuracy(old_proba, old_classes), int(rows.sum()),
-                      len(truth), len(shared), tuple(sorted(set(new_classes) - shared)),
-                      tuple(sorted(set(old_classes) - shared)))
+    new_right, old_right = right(new_proba, new_classes), right(old_proba, old_classes)
+
+    def accuracy(correct: np.ndarray) -> float:
+        return float(correct.mean()) if len(correct) else float("nan")
+
+    return Comparison(accuracy(new_right), accuracy(old_right), int(rows.sum()), len(truth), len(shared),
+                      tuple(sorted(set(new_classes) - shared)), tuple(sorted(set(old_classes) - shared)),
+                      int((old_right & ~new_right).sum()), int((new_right & ~old_right).sum()))
 
 
 def plot_confusion(evaluation: Evaluation, path: str | Path, title: str = "") -> Path:
