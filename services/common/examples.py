@@ -55,6 +55,7 @@ SCHEMA = pa.schema([
 COLUMNS = tuple(SCHEMA.names)
 # Statistics on these let a read by time or verdict skip whole files.
 STATS_COLUMNS = "feedback_ts,written_at,verdict,label"  # never user_id: the log outlives a deletion
+DELETE_CHUNK = 1_000  # event ids per delete statement
 COMPACT_EVERY = 100  # commits between compactions: many small files make every read and append slower
 
 
@@ -127,23 +128,38 @@ class ExamplesTable:
         table.cleanup_metadata()
         self._table = None  # a long-lived handle grows with the log it has read
 
-    def delete(self, predicate: str) -> int:
+    def delete(self, predicate: str, vacuum: bool = True) -> int:
         """Delete the rows matching a SQL `predicate` and remove the files that held them."""
         table = self.table()
         if table is None:
             return 0
         table.update_incremental()
         deleted = int(table.delete(predicate).get("num_deleted_rows", 0))
-        if deleted:
-            # Deleted rows stay in the older files until those are vacuumed: forgetting means gone from disk.
-            table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+        if deleted and vacuum:
+            self.vacuum()
         return deleted
 
+    def vacuum(self) -> None:
+        """Remove files no version needs now. Deleted rows stay in the older files until then: forgetting means
+        gone from disk (time travel to before a delete ends with it)."""
+        table = self.table()
+        if table is not None:
+            table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+
     def forget_users(self, users: Iterable[str]) -> int:
+        """Delete every row of these users. The delete names the rows by event id: Delta keeps a delete's
+        predicate in its log, and the log must not keep the ids of users it forgot."""
         names = sorted(set(users))
-        if not names:
+        if not names or self.table() is None:
             return 0
-        return self.delete(f"user_id IN ({', '.join(sql_string(u) for u in names)})")
+        found = self.read(f"user_id IN ({', '.join(sql_string(u) for u in names)})")  # a read: not logged
+        ids = sorted(set(found["event_id"]))
+        deleted = 0
+        for start in range(0, len(ids), DELETE_CHUNK):
+            chunk = ids[start:start + DELETE_CHUNK]
+            deleted += self.delete(f"event_id IN ({', '.join(sql_string(e) for e in chunk)})", vacuum=False)
+        self.vacuum()
+        return deleted
 
     def expire(self, before_ts: float) -> int:
         """Retention: delete rows whose feedback is older than `before_ts`."""
