@@ -3,7 +3,8 @@
 No container engine runs here, so these files are checked, not run: every LOOPLINE_*
 variable is a setting of the service that reads it and its value passes that settings
 class; ports agree between the settings, containers, Services, probes and URLs; the
-topic job creates exactly infra/broker.py's topics and partition counts; compose and
+topic job creates exactly infra/broker.py's topics and partition counts; the examples
+table's writer and reader open one table on MinIO, in a bucket the stack creates; compose and
 Kubernetes describe the same stack; secrets never appear as literals.
 """
 
@@ -44,6 +45,16 @@ SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|AUTH|ACCESS_KEY")
 # below the volume's lost+found.
 K8S_ONLY = {"POD_NAME", "PGDATA"}
 
+# What delta-rs reads from the environment to reach the examples table on MinIO (object_store's S3 keys;
+# AWS_CONDITIONAL_PUT=etag makes concurrent commits safe without a DynamoDB lock), and the MinIO
+# variables its credentials must come from.
+EXAMPLES_STORE = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ALLOW_HTTP", "AWS_CONDITIONAL_PUT", "AWS_ACCESS_KEY_ID",
+                  "AWS_SECRET_ACCESS_KEY")
+EXAMPLES_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "MINIO_ROOT_USER", "AWS_SECRET_ACCESS_KEY": "MINIO_ROOT_PASSWORD"}
+# The commands that open the examples table: the feedback service writes it, every retrain reads it.
+EXAMPLES_TABLE_USERS = {("loopline", "feedback"), ("loopline", "flows", "serve")}
+EXAMPLES_NEEDS = {"LOOPLINE_EXAMPLES_URI", *EXAMPLES_STORE}
+
 # The loopline commands the stack runs, the settings class each reads, and what it needs at scale.
 ROLES: dict[tuple[str, ...], tuple[type[CommonSettings], set[str]]] = {
     ("loopline", "serve"): (ServingSettings, {
@@ -51,10 +62,11 @@ ROLES: dict[tuple[str, ...], tuple[type[CommonSettings], set[str]]] = {
         "LOOPLINE_KAFKA_BOOTSTRAP_SERVERS", "LOOPLINE_FEATURE_REPO", "LOOPLINE_ADMIN_TOKEN"}),
     ("loopline", "feedback"): (FeedbackSettings, {
         "LOOPLINE_GROUP_ID", "LOOPLINE_METRICS_PORT", "LOOPLINE_STATE_DIR", "LOOPLINE_MLFLOW_TRACKING_URI",
-        "LOOPLINE_KAFKA_BOOTSTRAP_SERVERS", "LOOPLINE_FEATURE_REPO", "LOOPLINE_ADMIN_TOKEN", "PREFECT_API_URL"}),
+        "LOOPLINE_KAFKA_BOOTSTRAP_SERVERS", "LOOPLINE_FEATURE_REPO", "LOOPLINE_ADMIN_TOKEN", "PREFECT_API_URL",
+        *EXAMPLES_NEEDS}),
     ("loopline", "flows", "serve"): (CommonSettings, {
         "LOOPLINE_STATE_DIR", "LOOPLINE_MLFLOW_TRACKING_URI", "LOOPLINE_KAFKA_BOOTSTRAP_SERVERS",
-        "LOOPLINE_FEATURE_REPO", "PREFECT_API_URL"}),
+        "LOOPLINE_FEATURE_REPO", "PREFECT_API_URL", *EXAMPLES_NEEDS}),
 }
 # infra/k8s/config.yaml: one ConfigMap per settings class.
 CONFIGMAP_SETTINGS: dict[str, type[CommonSettings]] = {
@@ -212,6 +224,22 @@ def scaleout_feature_vars() -> set[str]:
 
 def topic_partitions(container: Container) -> dict[str, int]:
     return {name: int(n) for name, n in (spec.split(":") for spec in container.env["TOPICS"].split())}
+
+
+def created_buckets(where: str) -> set[str]:
+    """The buckets the minio-bucket job makes (`mc mb ... local/<bucket> ...`) on the stack's MinIO."""
+    script = " ".join(one(where, "minio-bucket").command)
+    alias = re.search(r"mc alias set local (\S+)", script)
+    assert alias, script
+    host, port = host_port(alias.group(1))
+    assert reaches(where, host, port, "minio"), alias.group(1)
+    return {bucket for args in re.findall(r"mc mb ([^&;|]+)", script)
+            for bucket in re.findall(r"\blocal/([\w.-]+)", args)}
+
+
+def credential(container: Container, name: str) -> str:
+    """Where a credential comes from: its Secret key in Kubernetes, its ${VARIABLE:-default} in compose."""
+    return container.env[name] if container.where == "k8s" else str(container.raw["environment"][name])
 
 
 # -- files ---------------------------------------------------------------------------------------------------
@@ -405,14 +433,59 @@ def test_urls_name_the_right_services_and_ports(where: str) -> None:
         host, port = host_port(env["LOOPLINE_REDIS_URL"].split(",")[0])
         assert reaches(where, host, port, "redis")
     # MLflow's artifacts go to the bucket the bucket job creates, on MinIO.
-    bucket = urlsplit(flag(mlflow.command, "--artifacts-destination")).netloc
-    assert f"mc mb --ignore-existing local/{bucket}" in " ".join(one(where, "minio-bucket").command)
+    assert urlsplit(flag(mlflow.command, "--artifacts-destination")).netloc in created_buckets(where)
     host, port = host_port(mlflow.env["MLFLOW_S3_ENDPOINT_URL"])
     assert reaches(where, host, port, "minio")
     # Kafka's advertised listeners use the port clients bootstrap with.
     for kafka in (c for c in all_containers() if c.where == where and c.image.startswith("apache/kafka:")):
         if "KAFKA_ADVERTISED_LISTENERS" in kafka.env:
             assert kafka.env["KAFKA_ADVERTISED_LISTENERS"].endswith(f":{infra.broker.DEFAULT_PORT}")
+
+
+# -- the examples table --------------------------------------------------------------------------------------
+
+
+def test_the_examples_tables_writer_and_reader_open_one_table_in_a_bucket_the_stack_creates() -> None:
+    # The code opens the table in the feedback service and the train flow, never in serving.
+    opened_in = {p.relative_to(REPO).as_posix() for d in ("services", "flows") for p in (REPO / d).rglob("*.py")
+                 if "ExamplesTable(" in p.read_text()}
+    assert opened_in and all(p.startswith(("services/feedback/", "flows/")) for p in opened_in), opened_in
+    uris: set[str] = set()
+    stores: dict[str, dict[str, str]] = {}
+    for where in ("k8s", "compose"):
+        users = {tuple(c.command): c for c in loopline_containers()
+                 if c.where == where and tuple(c.command) in EXAMPLES_TABLE_USERS}
+        assert set(users) == EXAMPLES_TABLE_USERS, where
+        minio, mlflow = one(where, "minio"), one(where, "mlflow")
+        for container in users.values():
+            env, at = container.env, f"{where} {container.role}"
+            assert EXAMPLES_NEEDS <= set(env), f"{at} lacks {sorted(EXAMPLES_NEEDS - set(env))}"
+            uris.add(env["LOOPLINE_EXAMPLES_URI"])
+            # MinIO's API, the endpoint MLflow uses; plain http only where the endpoint is http.
+            endpoint = env["AWS_ENDPOINT_URL"]
+            assert reaches(where, *host_port(endpoint), "minio") and endpoint == mlflow.env["MLFLOW_S3_ENDPOINT_URL"]
+            assert env["AWS_ALLOW_HTTP"] == str(urlsplit(endpoint).scheme == "http").lower(), at
+            assert env["AWS_CONDITIONAL_PUT"] == "etag" and env["AWS_REGION"], at
+            for name, minio_name in EXAMPLES_CREDENTIALS.items():
+                assert credential(container, name) == credential(minio, minio_name), f"{at}: {name}"
+            store = {n: env[n] for n in EXAMPLES_STORE if n not in EXAMPLES_CREDENTIALS}
+            assert stores.setdefault(where, store) == store, f"{at}: another S3 configuration"
+            if where == "compose":
+                assert container.raw.get("depends_on", {}).get("minio-bucket") == \
+                    {"condition": "service_completed_successfully"}, f"{at}: starts before its bucket exists"
+        # The S3 credentials go to the table's users and to no other loopline container.
+        for container in (c for c in loopline_containers() if c.where == where):
+            aws = {n for n in container.env if n.startswith("AWS_")}
+            assert aws == (set(EXAMPLES_STORE) if tuple(container.command) in EXAMPLES_TABLE_USERS else set()), \
+                f"{where} {container.role}: {sorted(aws)}"
+    assert stores["k8s"] == stores["compose"]
+    assert set(k8s("ConfigMap", "loopline-examples-store")["data"]) == set(stores["k8s"])
+    # One table, inside a bucket (not its root) that the bucket job creates on both platforms.
+    assert len(uris) == 1, f"the writer and the reader name different tables: {sorted(uris)}"
+    uri = urlsplit(uris.pop())
+    assert uri.scheme == "s3" and uri.path.strip("/"), uri.geturl()
+    for where in ("k8s", "compose"):
+        assert uri.netloc in created_buckets(where), f"{where}: no job creates bucket {uri.netloc}"
 
 
 # -- topics --------------------------------------------------------------------------------------------------
