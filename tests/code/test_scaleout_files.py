@@ -459,11 +459,13 @@ def test_the_examples_tables_writer_and_reader_open_one_table_in_a_bucket_the_st
         minio, mlflow = one(where, "minio"), one(where, "mlflow")
         for container in users.values():
             env, at = container.env, f"{where} {container.role}"
-            assert EXAMPLES_NEEDS <= set(env), f"{at} lacks {sorted(EXAMPLES_NEEDS - set(env))}"
+            missing = EXAMPLES_NEEDS - set(env)
+            assert not missing, f"{at} lacks {sorted(missing)}"
             uris.add(env["LOOPLINE_EXAMPLES_URI"])
             # MinIO's API, the endpoint MLflow uses; plain http only where the endpoint is http.
             endpoint = env["AWS_ENDPOINT_URL"]
-            assert reaches(where, *host_port(endpoint), "minio") and endpoint == mlflow.env["MLFLOW_S3_ENDPOINT_URL"]
+            assert reaches(where, *host_port(endpoint), "minio") and endpoint == mlflow.env["MLFLOW_S3_ENDPOINT_URL"], \
+                f"{at}: {endpoint} is not MinIO's S3 API"
             assert env["AWS_ALLOW_HTTP"] == str(urlsplit(endpoint).scheme == "http").lower(), at
             assert env["AWS_CONDITIONAL_PUT"] == "etag" and env["AWS_REGION"], at
             for name, minio_name in EXAMPLES_CREDENTIALS.items():
