@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import os
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+for _var in THREAD_VARS:
+    os.environ.setdefault(_var, "1")  # this process: the load generator and serving's settings
 
 import argparse
 import asyncio
@@ -96,7 +97,9 @@ async def requests_until(port: int, texts: list[str], done: Any) -> list[float]:
 def retrain(work: Path, args: argparse.Namespace, nice: int) -> subprocess.Popen[bytes]:
     """`loopline train` in its own state folder, as the runner would run a retrain."""
     state = Path(tempfile.mkdtemp(dir=work, prefix=f"retrain-nice{nice}-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOPLINE_", "PREFECT_API"))}
+    # As the stack's runner starts it: no thread limits of this process (torch then uses every core).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOPLINE_", "PREFECT_API"))
+           and k not in THREAD_VARS}
     env.update(LOOPLINE_STATE_DIR=str(state), PREFECT_HOME=str(state / "prefect"),
                PREFECT_SERVER_ANALYTICS_ENABLED="false")
     cmd = ["nice", "-n", str(nice), str(Path(sys.executable).parent / "loopline"), "train", "--encoder",
