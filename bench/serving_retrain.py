@@ -5,7 +5,8 @@ client at a time (concurrency 1, keep-alive HTTP). In turns, each `--rounds` tim
 
 - idle: nothing else runs;
 - retrain, nice 10: `loopline train` on generated traffic (MiniLM, the flow's embed, fit, compile and gate
-  steps, an ephemeral Prefect server) at the stack runner's priority (`nice -n 10`, infra/stack.py);
+  steps, an ephemeral Prefect server) as the stack's runner runs it (infra/stack.py): `nice -n 10`, one
+  compute thread (`--all-threads`: torch's default, every core);
 - retrain, nice 0 (`--plain`): the same at normal priority, to show what the priority buys.
 
 Each phase sends requests for as long as the retrain runs (idle: `--idle-s`) and records every latency. The
@@ -54,6 +55,7 @@ from serving import (  # bench scripts share helpers as top-level modules (run f
 
 from infra.broker import start_broker
 from infra.process import free_port
+from infra.stack import RUNNER_THREAD_VARS
 
 console = Console()
 TARGET_RATIO = 2.0
@@ -66,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--encoder", default="minilm")
     parser.add_argument("--idle-s", type=float, default=40.0, help="length of an idle phase")
     parser.add_argument("--plain", action="store_true", help="also a retrain at normal priority")
+    parser.add_argument("--all-threads", action="store_true", help="retrains without the runner's thread limit")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny encoder, 1 round, short phases")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--max-batch", type=int, default=32)
@@ -97,9 +100,11 @@ async def requests_until(port: int, texts: list[str], done: Any) -> list[float]:
 def retrain(work: Path, args: argparse.Namespace, nice: int) -> subprocess.Popen[bytes]:
     """`loopline train` in its own state folder, as the runner would run a retrain."""
     state = Path(tempfile.mkdtemp(dir=work, prefix=f"retrain-nice{nice}-"))
-    # As the stack's runner starts it: no thread limits of this process (torch then uses every core).
+    # As the stack's runner starts it (infra/stack.py): one compute thread unless `--all-threads`.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOPLINE_", "PREFECT_API"))
            and k not in THREAD_VARS}
+    if not args.all_threads:
+        env.update(dict.fromkeys(RUNNER_THREAD_VARS, "1"))
     env.update(LOOPLINE_STATE_DIR=str(state), PREFECT_HOME=str(state / "prefect"),
                PREFECT_SERVER_ANALYTICS_ENABLED="false")
     cmd = ["nice", "-n", str(nice), str(Path(sys.executable).parent / "loopline"), "train", "--encoder",
@@ -166,7 +171,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, l
     return {"hardware": f"{cpu_name()}, {os.cpu_count()} cores, CPython {platform.python_version()}",
             "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
             "config": {"rounds": args.rounds, "events": args.events, "encoder": args.encoder,
-                       "idle_s": args.idle_s},
+                       "idle_s": args.idle_s, "retrain_threads": "all" if args.all_threads else 1},
             "phases": phases,
             "within_target": phases["retrain, nice 10"]["p99_vs_idle"] <= TARGET_RATIO}
 

@@ -67,6 +67,7 @@ TIMEOUTS = {"broker": broker.START_TIMEOUT, "mlflow": mlflow_server.START_TIMEOU
             "prefect": prefect_server.START_TIMEOUT, "evidently": 60.0, "serving": 120.0, "feedback": 120.0,
             "runner": 180.0}
 RUNNER_NICE = 10  # retrains yield the CPU to serving and the feedback service on a small machine
+RUNNER_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 class StackError(RuntimeError):
@@ -218,7 +219,10 @@ class Stack:
             proc = ManagedProcess(name, cmd, self.state_dir, env={**os.environ, "DO_NOT_TRACK": "1",
                                                                    "GIT_COMMIT": "-"}, url=url)
         elif name == "runner":
-            env = {**os.environ, **self.client_env(), "PREFECT_RUNNER_SERVER_ENABLE": "true",
+            # One compute thread per retrain (your own *_NUM_THREADS win): with torch on every core, serving's p99
+            # beside a retrain was 2.0x its idle value, above the 2x bound (bench/serving_retrain.py).
+            threads = dict.fromkeys(RUNNER_THREAD_VARS, "1")
+            env = {**threads, **os.environ, **self.client_env(), "PREFECT_RUNNER_SERVER_ENABLE": "true",
                    "PREFECT_RUNNER_SERVER_HOST": HOST, "PREFECT_RUNNER_SERVER_PORT": str(port)}
             command = ["nice", "-n", str(RUNNER_NICE), sys.executable, "-m", "loopline", "flows", "serve",
                        "--encoder", self.runner.encoder, "--cron", self.runner.cron]
