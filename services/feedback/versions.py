@@ -157,9 +157,10 @@ class VersionKeeper:
         return version
 
     def roll_back(self, version: int, to: int, reason: str) -> None:
-        """The guard's rollback: `champion` back to `to`, and why on the version it leaves."""
-        self.registry.rollback(to)
+        """The guard's rollback: why, on the version it leaves (first: whoever sees the alias move finds it),
+        then `champion` back to `to`."""
         self._tag(version, "guard.rolled_back", reason)
+        self.registry.rollback(to)
 
     def _tag(self, version: int, key: str, value: str) -> None:
         self.registry.client.set_model_version_tag(self.registry.name, str(version), key, value[:500])

@@ -66,8 +66,10 @@ def test_a_checkpoint_from_before_resumes_and_counts_unknown_labels_from_then_on
     assert service.offsets["feedback:1"] == 25 and not service.problems
     assert service.stats.unknown_labels == {}
 
-    event = FeedbackEvent(prediction_id="p-new", label="make_coffee")
-    service.process(Record(FEEDBACK, 1, 25, "p-new", event.model_dump_json().encode(), 1_800_000_005.0),
+    # A second label for a prediction the old checkpoint saw labeled: refused at once, as unknown_label.
+    labeled = next(iter(service.store.labeled))
+    event = FeedbackEvent(prediction_id=labeled, label="make_coffee")
+    service.process(Record(FEEDBACK, 1, 25, labeled, event.model_dump_json().encode(), 1_800_000_005.0),
                     now=1_800_000_005.0)
     assert service.stats.dead_letters["unknown_label"] == 1 and service.stats.unknown_labels == {"make_coffee": 1}
     service.checkpoints.save(service.checkpoint())
