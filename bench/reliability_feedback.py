@@ -69,6 +69,7 @@ SETTLE_TIMEOUT_S = 90.0  # for a service to read and learn everything after the 
 BURST = 150  # predict requests per crash trial (about 3 s on 2 busy cores)
 KILL_AFTER_S = (0.3, 3.5)  # the victim is killed this long after its burst began (uniform)
 DAMAGE_KILL_AFTER_S = (1.5, 3.5)  # later: the newest checkpoint then holds part of the burst
+DAMAGE_RATE = 25.0  # predict requests per second in damage trials: the burst lasts 6 s, the kill comes within it
 PAUSE_RATE = 40.0  # predict requests per second while the broker is paused
 FEEDBACK_SHARE = 0.8  # of answers that get feedback
 HEAD_ARRAYS = ("z_sparse", "n_sparse", "w_sparse", "z_dense", "n_dense", "w_dense")
@@ -455,8 +456,10 @@ def crash_trial(stack: Stack, pair: Pair, producer: KafkaProducer, rng: random.R
     steady, victim = pair.steady, pair.victim
     before = {"steady": learned(metrics(steady)), "victim": learned(metrics(victim))}
     sent = Sent()
+    # Damage trials pace the burst: an unpaced one can be learned and checkpointed whole before the kill, and
+    # then the older checkpoint covers as much as the damaged ones.
     traffic = threading.Thread(target=send_traffic, args=(stack.serving.url, producer, BURST, seed),
-                               kwargs={"sent": sent}, name="traffic")
+                               kwargs={"sent": sent, "rate": DAMAGE_RATE if damages else None}, name="traffic")
     traffic.start()
     delay = rng.uniform(*(DAMAGE_KILL_AFTER_S if damages else KILL_AFTER_S))
     time.sleep(delay)  # the random point of the fault

@@ -813,12 +813,20 @@ class FeedbackService:
 
     def _save(self, producer: Producer, consumer: Consumer) -> bool:
         """Checkpoint, then commit offsets: only once everything produced so far is acknowledged."""
+        waited = time.monotonic()
         if producer.flush(10) > 0:
             log.warning("broker has not acknowledged every update yet; checkpoint postponed")
             return False
+        if time.monotonic() - waited > 1.0:
+            log.warning("the broker took %.1f s to acknowledge what was produced", time.monotonic() - waited)
+        began = time.monotonic()
         path = self.checkpoints.save(self.checkpoint())
+        saved = time.monotonic()
         self.collector.commit()  # after the checkpoint holds the batch: a crash in between commits it at start
         self._expire_examples()
+        if time.monotonic() - began > 1.0:  # the loop learns nothing meanwhile
+            log.warning("slow checkpoint: %s written in %.1f s, examples committed in %.1f s", path.name,
+                        saved - began, time.monotonic() - saved)
         commits = [TopicPartition(*_partition_key(k), offset) for k, offset in self.offsets.items()]
         if commits:
             try:
