@@ -52,6 +52,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from machine import cpu_name  # bench/machine.py: bench scripts run as `python bench/<name>.py`
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.expressions import EqualTo, GreaterThanOrEqual
 from pyiceberg.table.snapshots import ancestors_of
@@ -427,17 +428,6 @@ def ratios(formats: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         "disk_end_files": (d["disk_end"]["files"], i["disk_end"]["files"]),
     }
     return {k: round(b / a, 2) if a else None for k, (a, b) in pairs.items()}
-
-
-def cpu_name() -> str:
-    # bench/quantize.py has one too, but importing it loads torch
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def versions() -> dict[str, str]:

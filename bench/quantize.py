@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
+from machine import cpu_name  # bench/machine.py; other bench scripts import it from here too
 from onnxruntime.quantization import quantize_dynamic
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -179,16 +180,6 @@ def measure_latency(rows: list[Row], encoder: Encoder, texts: list[str], threads
             for row in rows:
                 if row.name in samples:
                     row.latency[f"b{size}_t{n_threads}"] = summarize_latency(np.concatenate(samples[row.name]))
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def report(rows: list[Row], args: argparse.Namespace, info: dict[str, Any], hardware: str) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from machine import cpu_name  # bench/machine.py: bench scripts run as `python bench/<name>.py`
 from rich.console import Console
 from rich.table import Table
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     right_c, right_f = scores["collected"], scores["file"]
     result = {
-        "hardware": f"{_cpu()}, {os.cpu_count()} cores, CPython {platform.python_version()}",
+        "hardware": f"{cpu_name()}, {os.cpu_count()} cores, CPython {platform.python_version()}",
         "state": str(args.state), "retrained_version": retrained.version, "file_version": as_file.version,
         "feedback_acked": len(acked), "table_rows": len(table), "lost": len(lost), "lost_examples": lost[:10],
         "collected_train": int((collected["split"] == "train").sum()),
@@ -130,13 +131,6 @@ def _score(registry: Any, version: int, test: pd.DataFrame, folder: Path) -> np.
     predictor = Predictor(registry.download(version, folder))
     answers = [predictor.predict([text])[0] for text in test["text"]]  # one text per call, as serving encodes
     return np.array(answers) == test["label"].to_numpy()
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def _print(r: dict[str, Any]) -> None:
