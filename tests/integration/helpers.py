@@ -1,16 +1,37 @@
-"""Small helpers shared by integration tests: waiting for a condition, reading a topic."""
+"""Small helpers shared by integration tests: waiting for a condition, reading a topic, running flows."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
 from infra.broker import DEFAULT_PARTITIONS, PREDICTIONS
+from services.common.settings import CommonSettings
+
+
+@contextmanager
+def flow_settings(mlflow_server: str, state: Path, model_prefix: str) -> Iterator[CommonSettings]:
+    """The environment train flows run in from a test: this MLflow server, `state`, a model name of its own, no
+    broker, a Prefect test server."""
+    import pytest
+    from prefect.testing.utilities import prefect_test_harness
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOOPLINE_MLFLOW_TRACKING_URI", mlflow_server)
+        mp.setenv("LOOPLINE_STATE_DIR", str(state))
+        mp.setenv("LOOPLINE_MODEL_NAME", f"{model_prefix}-{uuid.uuid4().hex[:8]}")
+        mp.delenv("LOOPLINE_KAFKA_BOOTSTRAP_SERVERS", raising=False)
+        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        with prefect_test_harness(server_startup_timeout=120):
+            yield CommonSettings()
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 15.0, every: float = 0.02) -> bool:

@@ -4,19 +4,18 @@ new labels only with enough support, untrusted and withheld rows left out, and t
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.config import TrainConfig
 from services.common.examples import ExamplesTable, rows_table
 from services.common.registry import Registry
 from services.common.settings import CommonSettings
+from tests.integration.helpers import flow_settings
 from tests.integration.made_up import made_up
 
 pytestmark = pytest.mark.slow
@@ -27,15 +26,8 @@ TOAST = ["toast the bread", "make me some toast", "brown two slices", "crisp the
 
 @pytest.fixture(scope="module")
 def settings(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CommonSettings]:
-    state = tmp_path_factory.mktemp("state")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOOPLINE_MLFLOW_TRACKING_URI", mlflow_server)
-        mp.setenv("LOOPLINE_STATE_DIR", str(state))
-        mp.setenv("LOOPLINE_MODEL_NAME", f"collected-{uuid.uuid4().hex[:8]}")
-        mp.delenv("LOOPLINE_KAFKA_BOOTSTRAP_SERVERS", raising=False)
-        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        with prefect_test_harness(server_startup_timeout=120):
-            yield CommonSettings()
+    with flow_settings(mlflow_server, tmp_path_factory.mktemp("state"), "collected") as settings:
+        yield settings
 
 
 def example(i: int, text: str, label: str, user: str, verdict: str = "learned", reason: str | None = None

@@ -8,7 +8,6 @@ challenger, then promote and rollback from the CLI.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ import pandas as pd
 import pytest
 from onnx import numpy_helper
 from prefect.cache_policies import NO_CACHE
-from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
 from flows.config import TrainConfig
@@ -33,6 +31,7 @@ from models.traffic import GENERATED_INTENTS as INTENTS
 from services.common.registry import CHALLENGER, CHAMPION, Registry
 from services.common.settings import CommonSettings
 from services.feedback.drift import DriftSettings, Reference
+from tests.integration.helpers import flow_settings
 
 pytestmark = pytest.mark.slow
 SMALL = {"encoder": "tiny", "n_events": 1_500, "n_users": 200, "epochs": 2, "seed": 3}
@@ -40,15 +39,8 @@ SMALL = {"encoder": "tiny", "n_events": 1_500, "n_users": 200, "epochs": 2, "see
 
 @pytest.fixture(scope="module")
 def settings(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CommonSettings]:
-    state = tmp_path_factory.mktemp("state")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOOPLINE_MLFLOW_TRACKING_URI", mlflow_server)
-        mp.setenv("LOOPLINE_STATE_DIR", str(state))
-        mp.setenv("LOOPLINE_MODEL_NAME", f"flow-test-{uuid.uuid4().hex[:8]}")
-        mp.delenv("LOOPLINE_KAFKA_BOOTSTRAP_SERVERS", raising=False)
-        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        with prefect_test_harness(server_startup_timeout=120):
-            yield CommonSettings()
+    with flow_settings(mlflow_server, tmp_path_factory.mktemp("state"), "flow-test") as settings:
+        yield settings
 
 
 @pytest.fixture(scope="module")
