@@ -54,6 +54,13 @@ class Collected:
     since: float
     until: float
 
+    @property
+    def through(self) -> float:
+        """The newest feedback time among the rows taken (seconds since the epoch)."""
+        chosen = self.selection
+        times = pd.concat([chosen.train["ts"], chosen.eval["ts"]])
+        return float(times.max().timestamp())
+
 
 @dataclass(frozen=True)
 class Dataset:

@@ -48,6 +48,7 @@ from models.evaluate import Comparison, Evaluation, compare, evaluate, plot_conf
 from models.fallback import Fallback
 from models.features import FeatureSpec
 from models.train import featurize
+from services.common.examples import COLLECTED_THROUGH_TAG
 from services.common.registry import TAG_LIMIT, Registry, Version, class_tags
 from services.common.settings import CommonSettings
 
@@ -113,6 +114,7 @@ def train_flow(config: TrainConfig | None = None) -> TrainResult:
                        # carried forward: the next retrain reads the examples table from here on
                        "collected_since": f"{data.collected.since:.3f}" if data.collected else None,
                        "collected_rows": data.collected.selection.rows if data.collected else 0,
+                       COLLECTED_THROUGH_TAG: f"{data.collected.through:.3f}" if data.collected else None,
                        "examples_version": data.collected.table_version if data.collected else None}
             reference = drift_reference(eval_texts, embeddings[eval_rows], fp32_proba, head.classes, eval_users, truth)
             bundle = build_bundle(compiled, head, config.encoder, fp32.metrics("fp32_"), lineage, bundle_dir,

@@ -43,6 +43,7 @@ class LearnSettings:
     gate_margin: float = 0.0  # accuracy the candidate may lose on the held-back set
     gate_z: float = 1.64  # ...beyond which the loss must also be significant (one-sided, paired)
     batch_size: int = 32  # learn_many steps once per mini-batch with summed gradients: as in training
+    recent_size: int = 10_000  # learned examples kept for a catch-up onto a retrained head (about 25 MB)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class OnlineLearner:
         self.settings = settings or LearnSettings()
         self.live = ServingHead.from_model(model)
         self.holdout: deque[Joined] = deque(maxlen=self.settings.holdout_size)
+        self.recent: deque[Joined] = deque(maxlen=self.settings.recent_size)  # learned and published, in order
         self.progress = Progress()
         model.mark()
 
@@ -160,9 +162,25 @@ class OnlineLearner:
         if len(learn) == 0:
             return report
 
-        learn_batch = batch.take(learn)
-        undo = self.model.state_of(learn_batch.sparse.tocsr().indices)
-        self.model.learn_in_batches(learn_batch, labels[learn], self.settings.batch_size)
+        return self._learn_judged(batch.take(learn), labels[learn], [examples[i] for i in learn], report)
+
+    def catch_up(self, examples: Sequence[Joined], window_end: float) -> WindowReport:
+        """Learn examples an earlier head learned after this head's training data was read (a retrain
+        promoted while the service learned on), through the same gate; progress does not count them again."""
+        examples = [j for j in examples if j.feedback.label in self.model.class_index]
+        report = WindowReport(window_end, len(examples), len(examples), 0, 0, 0.0, "empty")
+        if not examples:
+            return report
+        if len(self.holdout) < self.settings.min_holdout:
+            return replace(report, decision="no_evidence")
+        labels = np.array([self.model.class_index[j.feedback.label] for j in examples])
+        return self._learn_judged(self.batch(examples), labels, examples, report)
+
+    def _learn_judged(self, batch: Batch, labels: np.ndarray, learned: list[Joined],
+                      report: WindowReport) -> WindowReport:
+        """Learn `batch`; keep it if the held-back set does not judge the result worse than the live head."""
+        undo = self.model.state_of(batch.sparse.tocsr().indices)
+        self.model.learn_in_batches(batch, labels, self.settings.batch_size)
 
         judge = self.batch(list(self.holdout))
         truth = np.array([self.model.class_index[j.feedback.label] for j in self.holdout])
@@ -177,6 +195,7 @@ class OnlineLearner:
         self.model.mark()
         self.live.apply(delta, in_place=True)  # the learner's own copy: no one else reads it
         self.sequence += 1
+        self.recent.extend(learned)
         return replace(report, decision="published", sequence=self.sequence, delta=delta)
 
     def compare(self, other: ServingHead) -> Comparison | None:
@@ -198,6 +217,8 @@ class OnlineLearner:
         dropped = len(self.holdout) - len(kept)
         if dropped:
             self.holdout = deque(kept, maxlen=self.settings.holdout_size)
+        self.recent = deque((j for j in self.recent if j.prediction.user_id not in users),
+                            maxlen=self.settings.recent_size)
         return dropped
 
     def rebase(self, version: int) -> None:

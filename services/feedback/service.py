@@ -58,7 +58,7 @@ from services.common.events import (
     DeadLetterReason,
     ModelUpdate,
 )
-from services.common.examples import ExamplesTable
+from services.common.examples import COLLECTED_THROUGH_TAG, ExamplesTable
 from services.common.registry import bound_registry_requests
 from services.feedback.checkpoint import Checkpoint, CheckpointStore
 from services.feedback.collect import Collector
@@ -193,7 +193,7 @@ class FeedbackService:
     def _learn_settings(self) -> LearnSettings:
         s = self.settings
         return LearnSettings(holdout_share=s.holdout_share, holdout_size=s.holdout_size,
-                             min_holdout=s.min_holdout, gate_margin=s.gate_margin)
+                             min_holdout=s.min_holdout, gate_margin=s.gate_margin, recent_size=s.catch_up_size)
 
     def _guard_settings(self) -> GuardSettings:
         return GuardSettings(events=self.settings.guard_events, margin=self.settings.guard_margin)
@@ -648,7 +648,10 @@ class FeedbackService:
             log.warning("champion v%d moved but its head is not at hand; asking again", champion.version)
             self.check_champion_now = True
             return
+        old = self.learner
         self._reset(champion.version, seen)
+        if seen.same_inputs:
+            self._catch_up(old, champion.tags.get(COLLECTED_THROUGH_TAG), producer)
 
     def _rebase(self, version: int, producer: Producer, announce: bool = True, carried: list[Carried] | None = None,
                 published: tuple[ModelUpdate, ...] = (), base_head: bytes | None = None) -> None:
@@ -699,6 +702,21 @@ class FeedbackService:
                     "same inputs, held-back examples kept" if same_inputs else
                     "other encoder: feedback on older predictions goes to the dead letters as stale_model")
         self._save_now = True
+
+    def _catch_up(self, old: OnlineLearner, collected_through: str | None, producer: Producer) -> None:
+        """What the old head learned after the new champion's training data was read (the retrain's time on
+        the runner, plus rows not yet in the examples table then), learned again on the new head. Without it
+        a promoted retrain serves a head that never saw the latest feedback."""
+        if not collected_through:
+            return  # trained without the examples table: it did not see what the old head learned either
+        through = float(collected_through)
+        missed = [j for j in old.recent if j.feedback.ts > through]
+        report = self.learner.catch_up(missed, self.last_window_end or 0.0)
+        self.stats.registrations[f"catch_up_{report.decision}"] += 1
+        log.info("catch-up on v%d (%d learned examples with feedback after %s): %s", self.learner.base_version,
+                 len(missed), collected_through, report.describe())
+        if report.decision == "published":
+            self._publish(producer, report)
 
     def _drop_registration(self, version: int, old_base: int) -> None:
         """A registration in hand on the old base is moot once another champion is learned on: were it to

@@ -37,6 +37,9 @@ class FeedbackSettings(CommonSettings):
     holdout_size: int = Field(2_000, ge=10, description="Recent held-back examples the gate uses.")
     min_holdout: int = Field(50, ge=1, description="No update is published before this many are held back.")
     gate_margin: float = Field(0.0, ge=0.0, le=1.0, description="Held-back accuracy an update may lose.")
+    catch_up_size: int = Field(10_000, ge=0, description="Recently learned examples kept in memory (about 2.5 KB "
+                               "each): when a retrain that read the examples table becomes champion, those with "
+                               "feedback newer than what it read are learned again on its head.")
     trust_alpha: float = Field(3e-3, ge=0.0, lt=1.0, description="Feedback from a user whose recent "
                                "disagreements with the served intent are this unlikely, given how sure the model "
                                "was, goes to the DLQ as untrusted_user and is not learned; 0: trust every user.")

@@ -84,3 +84,28 @@ def test_held_back_examples_are_chosen_by_event_id_alone(learner: OnlineLearner)
     first = [learner.held_back(i) for i in ids]
     assert first == [learner.held_back(i) for i in ids] and 0.17 < np.mean(first) < 0.23
     assert learner.learn_window([], window_end=1.0).decision == "empty"
+
+
+def test_catch_up_learns_what_an_earlier_head_learned_through_the_gate(learner: OnlineLearner,
+                                                                       trained: TinyModel) -> None:
+    stream = examples(trained, 600, seed=14)
+    for i in range(0, 600, 150):
+        learner.learn_window(stream[i:i + 150], window_end=i + 150.0)
+    learned = list(learner.recent)
+    assert learned and all(not learner.held_back(j.feedback.event_id) for j in learned[40:])
+
+    # A retrained head on the same inputs, promoted while this one learned on: it keeps the held-back set.
+    fresh = OnlineLearner(head_copy(trained[1]), base_version=2, settings=learner.settings)
+    fresh.holdout.extend(learner.holdout)
+    progress = fresh.progress.examples
+    report = fresh.catch_up(learned[-200:], window_end=700.0)
+    assert report.decision == "published" and report.learned == 200 and report.sequence == 1
+    assert fresh.progress.examples == progress  # progressive validation counted these once already
+    assert list(fresh.recent) == learned[-200:]
+    serving = ServingHead.from_model(trained[1]).apply(report.delta)
+    np.testing.assert_array_equal(serving.w_sparse, fresh.live.w_sparse)
+
+    # Labels the new head lacks are skipped; with no held-back evidence nothing is learned unjudged.
+    assert OnlineLearner(head_copy(trained[1]), 3, learner.settings).catch_up(learned, 700.0).decision == "no_evidence"
+    flipped = examples(trained, 300, seed=15, flip=True)
+    assert fresh.catch_up(flipped, window_end=800.0).decision == "rejected"
