@@ -162,7 +162,7 @@ class OnlineLearner:
         if len(learn) == 0:
             return report
 
-        return self._learn_judged(batch.take(learn), labels[learn], [examples[i] for i in learn], report)
+        return self._learn_judged(batch.take(learn), labels[learn], [examples[int(i)] for i in learn], report)
 
     def catch_up(self, examples: Sequence[Joined], window_end: float) -> WindowReport:
         """Learn examples an earlier head learned after this head's training data was read (a retrain
