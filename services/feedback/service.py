@@ -157,6 +157,7 @@ class FeedbackService:
         self._checking = False  # a champion check is with the registrar
         self._base_head: tuple[int, FTRLProximal] | None = None  # the base version's head, when at hand
         self._asked: set[int] = set()
+        self._asked_at = 0.0  # monotonic time of the last question to the registrar
         self._promotions: queue.Queue[Future[dict[str, Any]]] = queue.Queue()
         self._published: dict[int, ModelUpdate] = {}  # deltas on the base version found at start, by sequence
         self._servers: str | None = None
@@ -301,6 +302,7 @@ class FeedbackService:
         if base is not None and base > self.learner.base_version and base not in self.accepted_bases | self._asked:
             self._asked.add(base)
             self.check_champion_now = True
+            log.info("serving answers with v%d: asking the registry for the champion", base)
 
     def tick(self, now: float, flush: bool = False) -> list[WindowReport]:
         """Learn every update window the watermark has passed (all of them with `flush`).
@@ -527,11 +529,14 @@ class FeedbackService:
             self.registrar.register(self.registering.snapshot)
 
     def ask_champion(self) -> None:
-        """Have the registrar look at the champion, unless it is still busy with the last question."""
+        """Have the registrar look at the champion; if it is still busy with the last question, ask once the
+        answer is in (that answer may predate what prompted this one: a new champion seen in a prediction)."""
+        if self.registrar is None or self._checking:
+            return
         self.check_champion_now = False
-        if self.registrar is not None and not self._checking:
-            self._checking = True
-            self.registrar.check_champion(self.learner.base_version)
+        self._checking = True
+        self._asked_at = time.monotonic()
+        self.registrar.check_champion(self.learner.base_version)
 
     def request_promotion(self, timeout: float = 300.0) -> dict[str, Any]:
         """From another thread (`loopline promote`): register the live head at the next window boundary
@@ -713,8 +718,11 @@ class FeedbackService:
         missed = [j for j in old.recent if j.feedback.ts > through]
         report = self.learner.catch_up(missed, self.last_window_end or 0.0)
         self.stats.registrations[f"catch_up_{report.decision}"] += 1
-        log.info("catch-up on v%d (%d learned examples with feedback after %s): %s", self.learner.base_version,
-                 len(missed), collected_through, report.describe())
+        gate = ("" if report.live_accuracy is None else f"; held-back accuracy {report.candidate_accuracy:.4f} "
+                f"vs {report.live_accuracy:.4f} without")
+        log.info("catch-up on v%d, %.1f s after asking the registry: %d learned examples with feedback after %s, "
+                 "%s%s", self.learner.base_version, time.monotonic() - self._asked_at, len(missed), collected_through,
+                 report.decision, gate)
         if report.decision == "published":
             self._publish(producer, report)
 
