@@ -15,6 +15,10 @@ evidence to judge by, so the first examples fill the held-back set, whatever the
 share, and learning starts with the window that completes it. Held back by share
 alone, the service learned nothing from its first `min_holdout / holdout_share`
 examples (500 at the defaults: 5% of HWU64's training split).
+
+Published examples are also kept, the last `recent_size` of them: when a retrain
+becomes champion, the service learns again on its head (`catch_up`, through the same
+gate) those its training data did not include.
 """
 
 from __future__ import annotations
