@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.data_tasks import RecordedData
-from models.bundle import BundleError
+from models.bundle import BundleError, Manifest, link_unchanged
 from models.evaluate import Comparison
 from models.predict import Predictor
 from services.common.events import MODEL_UPDATES, ModelUpdate
@@ -54,10 +55,18 @@ def champion_data(settings: CommonSettings) -> RecordedData | None:
     return RecordedData(None, 0, 0.2, lineage[-1].created_ms / 1000)
 
 
+@dataclass(frozen=True)
+class ScoredChampion:
+    version: Version
+    proba: np.ndarray  # on this run's eval rows
+    classes: tuple[str, ...]
+    manifest: Manifest  # what its bundle stores, and where (a retrain links the files it shares with it)
+
+
 @task(retries=2, retry_delay_seconds=3)
 def score_champion(settings: CommonSettings, texts: list[str], users: list[dict[str, Any] | None] | None,
-                   ) -> tuple[Version, np.ndarray, tuple[str, ...]] | None:
-    """The current champion's answers on this run's eval rows: (version, probabilities, its classes)."""
+                   ) -> ScoredChampion | None:
+    """The current champion's answers on this run's eval rows."""
     registry = Registry(settings)
     champion = registry.champion()
     if champion is None:
@@ -70,7 +79,21 @@ def score_champion(settings: CommonSettings, texts: list[str], users: list[dict[
             # A champion that no longer verifies must not block its own replacement.
             get_run_logger().warning("champion v%d cannot be scored, treated as absent: %s", champion.version, exc)
             return None
-    return champion, proba, predictor.classes
+    return ScoredChampion(champion, proba, predictor.classes, predictor.manifest)
+
+
+@task
+def link_unchanged_files(settings: CommonSettings, bundle: Path, champion: ScoredChampion | None) -> list[str]:
+    """Files the bundle shares byte for byte with the champion's (an unchanged encoder and tokenizer) are
+    linked to the version that stores them instead of uploaded again."""
+    if champion is None:
+        return []
+    shared = link_unchanged(bundle, champion.manifest, settings.model_name, champion.version.version)
+    if shared:
+        where = champion.manifest.linked_version or champion.version.version
+        get_run_logger().info("%d files unchanged since v%d: linked, not uploaded (%s)", len(shared), where,
+                              ", ".join(shared[:3]) + (", ..." if len(shared) > 3 else ""))
+    return shared
 
 
 @task(retries=2, retry_delay_seconds=3)

@@ -43,7 +43,15 @@ from flows.model_tasks import (
     fit_head,
     gate,
 )
-from flows.registry_tasks import announce, champion_data, code_version, deploy, register, score_champion
+from flows.registry_tasks import (
+    announce,
+    champion_data,
+    code_version,
+    deploy,
+    link_unchanged_files,
+    register,
+    score_champion,
+)
 from models.evaluate import Comparison, Evaluation, compare, evaluate, plot_confusion
 from models.fallback import Fallback
 from models.features import FeatureSpec
@@ -136,7 +144,8 @@ def train_flow(config: TrainConfig | None = None) -> TrainResult:
             _log_eval_artifacts(ev)
 
             scored = score_champion(settings, eval_texts, eval_users)
-            champion = None if scored is None else (scored[0], compare(truth, (proba, classes), scored[1:]))
+            champion = None if scored is None else (
+                scored.version, compare(truth, (proba, classes), (scored.proba, scored.classes)))
             tags = {**{k: "" if v is None else v for k, v in lineage.items()},
                     **{f"metric.{k}": f"{v:.4f}" for k, v in ev.metrics().items()},
                     **{f"gate.{k}": v for k, v in report.to_tags().items()},
@@ -148,6 +157,9 @@ def train_flow(config: TrainConfig | None = None) -> TrainResult:
                 tags["vs_champion.accuracy_delta"] = f"{champion[1].delta:+.4f}"
                 tags["vs_champion.scored_on"] = champion[1].describe()[:TAG_LIMIT]
             description = _description(ev, report, fallback, champion, compiled.report, lineage, data.note)
+            linked = link_unchanged_files(settings, bundle, scored)
+            if linked:
+                tags["linked_files"] = str(len(linked))
             version = register(settings, bundle, tags, description)
             promoted, reason = deploy(settings, version, ev.accuracy, champion, config.deploy_margin)
             mlflow.set_tags({"registered_version": version.version, "deploy.decision": reason[:TAG_LIMIT]})

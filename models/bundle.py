@@ -212,6 +212,31 @@ def link_head(out: str | Path, base: str | Path, head_bytes: bytes, model: str, 
     return manifest
 
 
+def link_unchanged(folder: str | Path, stored: Manifest, model: str, version: int) -> list[str]:
+    """If the full bundle `folder` has the same encoder as registry version `version` (manifest `stored`),
+    link the files it shares with the version that stores that encoder instead of keeping copies: an
+    unchanged encoder is stored once, not per retrain. A changed encoder is kept whole (the tokenizer it
+    could share is small). Returns the linked files, [] when the encoder changed."""
+    folder = Path(folder)
+    manifest = verify_bundle(folder)
+    if manifest.linked or stored.files.get(ENCODER_FILE) != manifest.files[ENCODER_FILE]:
+        return []
+    # A link names one version: the one that holds the encoder, with the files stored alongside it there.
+    if ENCODER_FILE in stored.linked_files:
+        where, stored_there = stored.linked_version, stored.linked_files
+    else:
+        where, stored_there = version, frozenset(stored.files) - stored.linked_files
+    shared = sorted(name for name, digest in manifest.files.items()
+                    if name != HEAD_FILE and name in stored_there and stored.files.get(name) == digest)
+    for name in shared:
+        (folder / name).unlink()
+    for empty in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        if not any(empty.iterdir()):
+            empty.rmdir()
+    _write(folder, replace(manifest, linked={"model": model, "version": where, "files": shared}))
+    return shared
+
+
 def complete_links(folder: str | Path, source: str | Path) -> Manifest:
     """Copy the files a head-only bundle links to from `source` (the linked version's bundle), then verify."""
     folder, source = Path(folder), Path(source)

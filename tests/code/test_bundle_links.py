@@ -7,18 +7,30 @@ from pathlib import Path
 
 import pytest
 
-from models.bundle import ENCODER_FILE, HEAD_FILE, BundleError, complete_links, link_head, verify_bundle, write_manifest
+from models.bundle import (
+    ENCODER_FILE,
+    HEAD_FILE,
+    BundleError,
+    complete_links,
+    link_head,
+    link_unchanged,
+    read_manifest,
+    verify_bundle,
+    write_manifest,
+)
 from models.features import FeatureSpec
 from models.ftrl import FTRLProximal
 from services.feedback.service import base_of
 
 
-def full_bundle(folder: Path) -> Path:
+def full_bundle(folder: Path, graph: bytes = b"graph", seed: int = 0) -> Path:
     folder.mkdir()
-    (folder / ENCODER_FILE).write_bytes(b"graph")
+    (folder / ENCODER_FILE).write_bytes(graph)
     (folder / "tokenizer").mkdir()
     (folder / "tokenizer" / "vocab.txt").write_text("a\nb\n")
-    FTRLProximal(["a", "b"], 16).save(folder / HEAD_FILE)
+    head = FTRLProximal(["a", "b"], 16)
+    head.w_sparse[0, 0] = seed  # each retrain has its own head
+    head.save(folder / HEAD_FILE)
     write_manifest(folder, FeatureSpec(bits=8), ["a", "b"], encoder={"dim": 0}, lineage={"source": "train"})
     return folder
 
@@ -65,3 +77,28 @@ def test_a_link_that_points_outside_the_bundle_is_refused(tmp_path: Path) -> Non
 @pytest.mark.parametrize(("served", "base"), [("3", 3), ("3+ftrl.17", 3), ("bundle", None), ("", None)])
 def test_the_registry_version_under_a_served_version(served: str, base: int | None) -> None:
     assert base_of(served) == base
+
+
+def test_a_retrain_with_an_unchanged_encoder_links_it_to_the_version_that_stores_it(tmp_path: Path) -> None:
+    v1 = full_bundle(tmp_path / "v1")
+    v2 = full_bundle(tmp_path / "v2", seed=2)
+    assert link_unchanged(v2, read_manifest(v1), "intent", 1) == [ENCODER_FILE, "tokenizer/vocab.txt"]
+    assert sorted(p.name for p in v2.iterdir()) == [HEAD_FILE, "manifest.json"]
+    assert read_manifest(v2).linked == {"model": "intent", "version": 1, "files": [ENCODER_FILE, "tokenizer/vocab.txt"]}
+    assert complete_links(v2, v1).files[ENCODER_FILE] == read_manifest(v1).files[ENCODER_FILE]
+
+    # The champion is v2, which links to v1: a third retrain links to v1 as well.
+    v3 = full_bundle(tmp_path / "v3", seed=3)
+    assert link_unchanged(v3, read_manifest(v2), "intent", 2) and read_manifest(v3).linked_version == 1
+
+
+def test_a_changed_encoder_is_stored_whole_and_the_next_retrain_links_to_it(tmp_path: Path) -> None:
+    v1 = full_bundle(tmp_path / "v1")
+    v2 = full_bundle(tmp_path / "v2", graph=b"fine-tuned graph", seed=2)
+    assert link_unchanged(v2, read_manifest(v1), "intent", 1) == []
+    assert verify_bundle(v2).linked == {}
+
+    # v3 keeps v2's encoder: linked to v2, which stores it, not to v1, which holds only the same tokenizer.
+    v3 = full_bundle(tmp_path / "v3", graph=b"fine-tuned graph", seed=3)
+    assert link_unchanged(v3, read_manifest(v2), "intent", 2) == [ENCODER_FILE, "tokenizer/vocab.txt"]
+    assert read_manifest(v3).linked_version == 2

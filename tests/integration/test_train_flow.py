@@ -219,3 +219,29 @@ def test_a_promoted_version_is_announced_on_model_updates(
     announced = [e for e in events if e["kind"] == "full"]
     assert [e["version"] for e in announced] == [str(result.version)]
     assert announced[0]["uri"] == f"models:/{settings.model_name}/{result.version}"
+
+
+def test_a_retrain_with_the_same_encoder_links_it_instead_of_uploading_it_again(
+    settings: CommonSettings, first_run: TrainResult, tmp_path: Path
+) -> None:
+    from flows.train import train_flow
+    from models.bundle import ENCODER_FILE, read_manifest
+    from models.predict import Predictor
+
+    registry = Registry(settings)
+    result = train_flow(TrainConfig(**SMALL))
+    assert result.promoted, result.reason
+    version = registry.get(result.version)
+    assert int(version.tags["linked_files"]) >= 2, version.tags
+    stored = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{registry.client.get_model_version_download_uri(settings.model_name, str(result.version))}",
+        dst_path=str(tmp_path / "raw"))
+    uploaded = {p.name for p in Path(stored).rglob("*") if p.is_file()}
+    assert ENCODER_FILE not in uploaded and "head.npz" in uploaded, sorted(uploaded)
+    bundle = registry.download(result.version, tmp_path / "full")  # fetches the linked files, then verifies
+    manifest = read_manifest(bundle)
+    assert ENCODER_FILE in manifest.linked_files
+    holder = read_manifest(registry.download(manifest.linked_version, tmp_path / "holder"))
+    assert ENCODER_FILE not in holder.linked_files, "a link points at the version that stores the file"
+    assert holder.files[ENCODER_FILE] == manifest.files[ENCODER_FILE]
+    assert Predictor(bundle).predict(["wake me up at seven"])[0] in INTENTS
