@@ -34,6 +34,21 @@ class TrainConfig(BaseModel):
     encoder: str = Field("minilm", description="'minilm' (packaged all-MiniLM-L6-v2), 'tiny' (random, for "
                                                "tests) or a folder saved by Encoder.save.")
     epochs: int = Field(3, ge=1, le=50)
+    finetune: Literal["auto", "off", "classify", "contrastive"] = Field(
+        "off", description="Fine-tune the encoder on the training rows before export: 'auto' does (with the "
+                           "classify objective) when classes have few rows (finetune_auto_max_per_class); the "
+                           "fine-tuned encoder is kept only if the head scores better with it on a validation "
+                           "split of the training rows by encoder_margin. Off by default until bench/real_data.py "
+                           "measures it through this flow.")
+    finetune_auto_max_per_class: int = Field(50, ge=1, description="'auto' fine-tunes when the median class has at "
+                                                                   "most this many training rows.")
+    finetune_budget_s: float = Field(600.0, gt=0.0, description="Wall-clock cap of a fine-tune (checked between "
+                                                                "steps); the best state so far is kept.")
+    finetune_val_share: float = Field(0.2, gt=0.0, lt=0.9, description="Share of every class's training rows held "
+                                                                       "out to stop fine-tuning and decide on it.")
+    encoder_margin: float = Field(0.005, ge=-1.0, le=1.0, description="Validation accuracy the fine-tuned encoder "
+                                                                      "must gain over the configured one to be kept "
+                                                                      "(-1: always keep it).")
     quantize: Literal["int8", "none"] = Field("int8", description="Quantize the compiled encoder.")
     min_agreement: float = Field(0.99, ge=0.0, le=1.0,
                                  description="Gate: compiled model agrees with torch FP32 on this share of the "

@@ -121,7 +121,8 @@ def drift_reference(texts: list[str], embeddings: np.ndarray, proba: np.ndarray,
 
 @task
 def build_bundle(compiled: Compiled, head: FTRLProximal, encoder_ref: str, metrics: dict[str, float],
-                 lineage: dict[str, Any], out: Path, reference: Reference | None = None) -> Path:
+                 lineage: dict[str, Any], out: Path, reference: Reference | None = None,
+                 label: str | None = None) -> Path:
     """Write encoder, tokenizer, head, drift reference and the manifest that vouches for them."""
     if out.exists():
         shutil.rmtree(out)
@@ -133,15 +134,15 @@ def build_bundle(compiled: Compiled, head: FTRLProximal, encoder_ref: str, metri
     if reference is not None:
         reference.save(out / DRIFT_REFERENCE_DIR)
     write_manifest(out, FeatureSpec(), head.classes,
-                   encoder={"dim": encoder.dim, "max_length": encoder.max_length, "ref": encoder_ref,
-                            **compiled.report},
+                   encoder={"dim": encoder.dim, "max_length": encoder.max_length,
+                            "ref": label or encoder_ref, **compiled.report},
                    metrics=metrics, lineage=lineage)
     return out
 
 
 @task
 def gate(fp32_proba: np.ndarray, bundle: Path, texts: list[str], users: list[dict[str, Any] | None] | None,
-         truth: list[str], config: TrainConfig) -> tuple[GateReport, np.ndarray]:
+         truth: list[str], config: TrainConfig, encoder_ref: str) -> tuple[GateReport, np.ndarray]:
     """Compare the deployable bundle with the torch FP32 model; raise GateFailed if it is off."""
     predictor = Predictor(bundle)
     proba = predictor.predict_proba(texts, users)
@@ -150,7 +151,7 @@ def gate(fp32_proba: np.ndarray, bundle: Path, texts: list[str], users: list[dic
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same one thread the compiled encoder gets
     try:
-        torch_ms = latency_ms(load_encoder(config.encoder).encode, sample)
+        torch_ms = latency_ms(load_encoder(encoder_ref).encode, sample)
     finally:
         torch.set_num_threads(threads)
     compiled_ms = latency_ms(predictor.encoder.encode, sample)

@@ -32,6 +32,7 @@ from flows.data_tasks import (
     materialize_features,
     with_collected,
 )
+from flows.finetune_tasks import EncoderChoice, choose_encoder
 from flows.gates import GateFailed, GateReport
 from flows.model_tasks import (
     build_bundle,
@@ -94,6 +95,7 @@ def train_flow(config: TrainConfig | None = None) -> TrainResult:
     eval_users = users[eval_rows] if users is not None else None
 
     bundle_dir = settings.work_dir / f"bundle-{uuid.uuid4().hex}"
+    tuned_folder: Path | None = None
     try:
         with mlflow.start_run(experiment_id=registry.experiment_id(),
                               run_name=f"train-{data.scenario}-{data.data_hash[:8]}") as run:
@@ -102,15 +104,21 @@ def train_flow(config: TrainConfig | None = None) -> TrainResult:
                                "n_train": data.cut, "n_eval": len(truth), "n_classes": len(classes),
                                "split": data.how})
             mlflow.set_tag("split", data.note)
-            code = fingerprint(config.encoder)
-            embeddings = embed(texts, config.encoder, code)
+            labels = list(data.events["label"])
+            choice = choose_encoder(texts[train_rows], labels[train_rows], users[train_rows] if users else None,
+                                    classes, config, settings.work_dir)
+            tuned_folder = Path(choice.ref) if choice.finetuned else None
+            mlflow.log_metrics(choice.metrics)
+            mlflow.set_tags(choice.tags())
+            code = fingerprint(choice.ref)
+            embeddings = embed(texts, choice.ref, code)
             head = fit_head(texts[train_rows], embeddings[train_rows], users[train_rows] if users else None,
-                            list(data.events["label"])[train_rows], classes, config.epochs, config.seed)
+                            labels[train_rows], classes, config.epochs, config.seed)
             eval_batch = featurize(eval_texts, embeddings[eval_rows], FeatureSpec(), eval_users)
             fp32_proba = head.predict_proba_many(eval_batch)
             fp32 = evaluate(fp32_proba, truth, classes)
             mlflow.log_metrics(fp32.metrics("fp32_"))
-            compiled = compile_encoder(config.encoder, config.quantize, code)
+            compiled = compile_encoder(choice.ref, config.quantize, code)
             mlflow.log_dict(compiled.report, "quantization_report.json")
 
             parent = registry.champion()
@@ -125,10 +133,10 @@ def train_flow(config: TrainConfig | None = None) -> TrainResult:
                        COLLECTED_THROUGH_TAG: f"{data.collected.through:.3f}" if data.collected else None,
                        "examples_version": data.collected.table_version if data.collected else None}
             reference = drift_reference(eval_texts, embeddings[eval_rows], fp32_proba, head.classes, eval_users, truth)
-            bundle = build_bundle(compiled, head, config.encoder, fp32.metrics("fp32_"), lineage, bundle_dir,
-                                  reference)
+            bundle = build_bundle(compiled, head, choice.ref, fp32.metrics("fp32_"), lineage, bundle_dir,
+                                  reference, choice.label)
             try:
-                report, proba = gate(fp32_proba, bundle, eval_texts, eval_users, truth, config)
+                report, proba = gate(fp32_proba, bundle, eval_texts, eval_users, truth, config, choice.ref)
             except GateFailed as exc:
                 mlflow.log_dict(exc.report.to_dict(), "gate_report.json")
                 mlflow.set_tag("gate_failure", str(exc)[:500])
@@ -150,13 +158,14 @@ def train_flow(config: TrainConfig | None = None) -> TrainResult:
                     **{f"metric.{k}": f"{v:.4f}" for k, v in ev.metrics().items()},
                     **{f"gate.{k}": v for k, v in report.to_tags().items()},
                     **_fallback_tags(fallback), **class_tags(classes),
-                    "quantization": compiled.report["quantization"],
+                    "quantization": compiled.report["quantization"], **choice.tags(),
                     "deployed_mb": f"{compiled.report['deployed_mb']:.1f}"}
             if champion is not None:
                 tags["vs_champion.version"] = champion[0].version
                 tags["vs_champion.accuracy_delta"] = f"{champion[1].delta:+.4f}"
                 tags["vs_champion.scored_on"] = champion[1].describe()[:TAG_LIMIT]
-            description = _description(ev, report, fallback, champion, compiled.report, lineage, data.note)
+            description = _description(ev, report, fallback, champion, compiled.report, lineage, data.note,
+                                       choice)
             linked = link_unchanged_files(settings, bundle, scored)
             if linked:
                 tags["linked_files"] = str(len(linked))
@@ -171,6 +180,8 @@ def train_flow(config: TrainConfig | None = None) -> TrainResult:
             materialize_features(settings)
     finally:
         shutil.rmtree(bundle_dir, ignore_errors=True)  # the registry holds its own copy
+        if tuned_folder is not None:
+            shutil.rmtree(tuned_folder, ignore_errors=True)  # the bundle holds it compiled
     return TrainResult(run.info.run_id, version.version, promoted, reason,
                        {**ev.metrics(), **_fallback_metrics(fallback)}, classes, data_uri)
 
@@ -237,7 +248,7 @@ def _log_eval_artifacts(ev: Evaluation) -> None:
 
 def _description(ev: Evaluation, report: GateReport, fallback: Fallback,
                  champion: tuple[Version, Comparison] | None, quantization: dict[str, Any],
-                 lineage: dict[str, Any], split: str) -> str:
+                 lineage: dict[str, Any], split: str, choice: EncoderChoice) -> str:
     """What a reviewer reads on the version page in MLflow."""
     vs = "no champion yet" if champion is None else (
         f"champion v{champion[0].version}: accuracy {champion[1].champion_accuracy:.4f} vs this version's "
@@ -248,7 +259,7 @@ def _description(ev: Evaluation, report: GateReport, fallback: Fallback,
         f"data: {lineage['data_uri']} (sha256 {lineage['data_hash']}); {split}.",
         f"fallback: {fallback.describe()}.",
         f"gates: {report.summary()}",
-        f"encoder: {quantization['quantization']}, {quantization['deployed_mb']:.1f} MB "
-        f"(FP32 {quantization['fp32_mb']:.1f} MB).",
+        f"encoder: {choice.label}, {quantization['quantization']}, {quantization['deployed_mb']:.1f} MB "
+        f"(FP32 {quantization['fp32_mb']:.1f} MB); {choice.reason}.",
         "lineage: " + json.dumps(lineage, sort_keys=True),
     ])

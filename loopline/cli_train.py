@@ -30,6 +30,10 @@ def train(
     collected: bool = typer.Option(True, help="Also train on the examples the feedback service collected since the "
                                               "champion's data was taken (the examples table); held-back ones "
                                               "evaluate."),
+    finetune: str = typer.Option("off", help="Fine-tune the encoder before export: off, auto (when classes have "
+                                             "few rows), classify or contrastive. Kept only if the head scores "
+                                             "better with it on a validation split of the training rows."),
+    finetune_budget: float = typer.Option(600.0, min=1.0, help="Seconds a fine-tune may take at most."),
 ) -> None:
     """One run of train -> quantize -> compile -> gate -> register -> deploy."""
     from pydantic import ValidationError
@@ -39,7 +43,8 @@ def train(
     try:
         config = TrainConfig(data_path=data, holdout=holdout, shots=shots, scenario=scenario, n_events=events,
                              seed=seed, encoder=encoder, epochs=epochs, deploy_margin=margin,
-                             target_precision=target_precision, out_of_scope=out_of_scope, collected=collected)
+                             target_precision=target_precision, out_of_scope=out_of_scope, collected=collected,
+                             finetune=finetune, finetune_budget_s=finetune_budget)
     except ValidationError as exc:
         fail(describe_invalid(exc))
     if data is not None:  # the flow would refuse it too, after seconds of imports: say it now, as `data check` does

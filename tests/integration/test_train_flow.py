@@ -245,3 +245,32 @@ def test_a_retrain_with_the_same_encoder_links_it_instead_of_uploading_it_again(
     assert ENCODER_FILE not in holder.linked_files, "a link points at the version that stores the file"
     assert holder.files[ENCODER_FILE] == manifest.files[ENCODER_FILE]
     assert Predictor(bundle).predict(["wake me up at seven"])[0] in INTENTS
+
+
+def test_a_fine_tuned_encoder_is_kept_only_past_its_margin_compiled_gated_and_recorded(
+    settings: CommonSettings, first_run: TrainResult, tmp_path: Path
+) -> None:
+    from flows.train import train_flow
+    from models.bundle import ENCODER_FILE, read_manifest
+
+    registry = Registry(settings)
+    before = read_manifest(registry.download(registry.champion().version, tmp_path / "before"))
+    tuned = {**SMALL, "finetune": "classify", "finetune_budget_s": 60}
+    # The random tiny encoder does not help the head (hashed n-grams carry it): at margin 0 it is not kept.
+    kept = train_flow(TrainConfig(**{**tuned, "encoder_margin": 0.0}))
+    version = registry.get(kept.version)
+    assert version.tags["encoder.decision"].startswith("kept tiny: validation accuracy"), version.tags
+    assert version.tags["encoder.finetuned"] == "false" and "kept tiny" in version.description
+    run = mlflow.get_run(kept.run_id)
+    assert {"encoder_val_frozen", "encoder_val_finetuned", "finetune_s"} <= set(run.data.metrics)
+    assert run.data.metrics["encoder_val_finetuned"] < run.data.metrics["encoder_val_frozen"]
+    assert read_manifest(registry.download(kept.version, tmp_path / "kept")).files[ENCODER_FILE] == \
+        before.files[ENCODER_FILE]
+
+    # Margin -1 keeps it whatever it scores: compiled, quantized and gated like any encoder, stored whole.
+    forced = train_flow(TrainConfig(**{**tuned, "encoder_margin": -1.0}))
+    version = registry.get(forced.version)
+    assert version.tags["encoder.finetuned"] == "true" and version.tags["encoder"] == "tiny+classify"
+    manifest = read_manifest(registry.download(forced.version, tmp_path / "forced"))
+    assert manifest.files[ENCODER_FILE] != before.files[ENCODER_FILE] and not manifest.linked
+    assert manifest.encoder["ref"] == "tiny+classify" and version.tags["gate.passed"] == "true"
