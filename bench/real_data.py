@@ -100,7 +100,8 @@ ANCHORS = {  # published accuracy on this 1,076-row test split (the HWU64 README
     "10-shot": {"USE+ConveRT (Casanueva et al. 2020)": 0.8583, "CPFT": 0.8713, "ICDA (2023)": 0.8741},
     "full": {"USE+ConveRT (Casanueva et al. 2020), about": 0.926, "best reported, about": 0.930},
 }
-TARGETS = {"a_accuracy": 0.925, "fallback_precision": 0.97, "fallback_coverage": 0.90, "c_vs_d_points": 1.0}
+TARGETS = {"a_accuracy": 0.925, "fallback_precision": 0.97, "fallback_coverage": 0.90, "c_vs_d_points": 1.0,
+           "a_ft_accuracy": 0.930, "b_ft_accuracy": 0.858}
 SETTINGS_NOTE = ("Settings are product defaults, chosen earlier on validation data cut from training data; "
                  "nothing was tuned on this test split.")
 PARTITIONS = 4  # of `predictions` and of `feedback`, both keyed by prediction id
@@ -133,6 +134,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "of event time")
     parser.add_argument("--users", type=int, default=500, help="(c): made-up users the requests are spread over "
                         "(HWU64 has none); 0: no user ids, so per-user trust judges nothing")
+    parser.add_argument("--finetune", choices=("off", "classify", "contrastive"), default="classify",
+                        help="also run (a) and (b) with the flow fine-tuning the encoder (its gate decides whether "
+                             "the fine-tuned encoder is kept), each beside its frozen twin")
+    parser.add_argument("--finetune-budget", type=float, default=600.0, help="seconds a fine-tune may take")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch and ONNX Runtime threads (one: the 2 cores are shared with other jobs)")
     return parser.parse_args(argv)
@@ -263,6 +268,9 @@ class Registered:
     predictor: Predictor
     trained_rows: pd.DataFrame  # the rows the head trained on, as the run recorded them
     gate: dict[str, Any]  # the compile gate's verdict at the product defaults, and any relaxation
+    tags: dict[str, str] = field(default_factory=dict)  # the registered version's
+    run_metrics: dict[str, float] = field(default_factory=dict)
+    flow_s: float = 0.0  # wall time of the flow run(s)
 
 
 def run_flow(name: str, config: Any, bar: Progress, prefix: str, work: Path, threads: int) -> Registered:
@@ -281,6 +289,7 @@ def run_flow(name: str, config: Any, bar: Progress, prefix: str, work: Path, thr
     os.environ["LOOPLINE_MODEL_NAME"] = name  # one name per run: its first version becomes champion
     gate: dict[str, Any] = {"passed_at_defaults": True, "min_agreement": config.min_agreement,
                             "max_accuracy_drop": config.max_accuracy_drop}
+    started = time.perf_counter()
     try:
         with flow_progress(bar, prefix):
             result = train_flow(config)
@@ -304,9 +313,11 @@ def run_flow(name: str, config: Any, bar: Progress, prefix: str, work: Path, thr
         recorded = Path(mlflow.artifacts.download_artifacts(run_id=result.run_id,
                                                             artifact_path=f"data/{DATASET_FILE}", dst_path=tmp))
         rows = pd.read_parquet(recorded)
+    flow_s = time.perf_counter() - started
     return Registered(name, result.version, result.promoted, result.run_id, int(version.tags["n_train"]),
                       int((rows["split"] == "eval").sum()), Predictor(folder, threads=threads),
-                      rows[rows["split"] == "train"].reset_index(drop=True), gate)
+                      rows[rows["split"] == "train"].reset_index(drop=True), gate, dict(version.tags),
+                      dict(mlflow.get_run(result.run_id).data.metrics), flow_s)
 
 
 def rest_of(train: pd.DataFrame, used: pd.DataFrame) -> np.ndarray:
@@ -360,6 +371,23 @@ def paired(c_right: np.ndarray, d_right: np.ndarray, seed: int) -> dict[str, Any
                                                      100 * float(np.percentile(means, 97.5))],
             "only_c_right": only_c, "only_d_right": only_d, "mcnemar_p": float(p),
             "within_target": gap >= -TARGETS["c_vs_d_points"] / 100}
+
+
+def finetuned_twin(reg: Registered, test: Batch, truth: list[str], frozen_right: np.ndarray,
+                   seed: int) -> dict[str, Any]:
+    """A fine-tuned run scored beside its frozen twin: accuracy, macro-F1, the encoder gate's decision, the
+    fine-tune's time, the INT8 parity gate, and the paired comparison on the same test rows."""
+    metrics, _, right = score(reg.predictor.head, test, truth)
+    versus = paired(right, frozen_right, seed)
+    return {**metrics, "version": reg.version, "run_id": reg.run_id, "flow_s": reg.flow_s, "gate": reg.gate,
+            "encoder_kept": reg.tags.get("encoder.finetuned") == "true",
+            "encoder_decision": reg.tags.get("encoder.decision", ""),
+            "finetune_s": reg.run_metrics.get("finetune_s"),
+            "val_frozen": reg.run_metrics.get("encoder_val_frozen"),
+            "val_finetuned": reg.run_metrics.get("encoder_val_finetuned"),
+            "int8_agreement": reg.gate["registered_agreement"],
+            "vs_frozen": {"points": versus["gap_points"], "only_finetuned_right": versus["only_c_right"],
+                          "only_frozen_right": versus["only_d_right"], "mcnemar_p": versus["mcnemar_p"]}}
 
 
 # -- (c): the stream through the feedback service ---------------------------------------------------
@@ -548,6 +576,18 @@ def summarize(seeds: list[dict[str, Any]], point_names: list[str]) -> dict[str, 
                                         for key in ("a", "b")}
     rows["fallback_mean"] = {"precision": None if prec is None else prec["mean"],
                              "coverage": None if cov is None else cov["mean"]}
+    rows["flow_s"] = {key: over(key, "flow_s") for key in ("a", "b")}
+    for key in ("a_ft", "b_ft"):
+        if all(key in s for s in seeds):
+            rows[key] = {m: over(key, m) for m in ("accuracy", "macro_f1", "flow_s", "int8_agreement")}
+            rows[key]["finetune_s"] = over(key, "finetune_s")
+            rows[key]["points_vs_frozen"] = over(key, "vs_frozen", "points")
+            rows[key]["kept"] = sum(s[key]["encoder_kept"] for s in seeds)
+            rows[key]["better_on_paired_test"] = sum(
+                s[key]["vs_frozen"]["points"] > 0 and s[key]["vs_frozen"]["mcnemar_p"] < 0.05 for s in seeds)
+            accuracy = rows[key]["accuracy"]
+            rows["targets_met"][f"{key}_accuracy"] = accuracy is not None and \
+                accuracy["mean"] >= TARGETS[f"{key}_accuracy"]
     return rows
 
 
@@ -613,6 +653,9 @@ def report(result: dict[str, Any]) -> None:
                   f"(a) {fmt(batched['a'])}, (b) {fmt(batched['b'])}, (d) {fmt(batched['d'])} % accuracy.",
                   highlight=False)
 
+    if "a_ft" in summ:
+        report_twins(result)
+
     pair = Table(title="(c) after all events vs (d), paired on the same test rows (points of accuracy)")
     for col in ("seed", "(c) %", "(d) %", "(c) - (d)", "95% paired bootstrap", "only (c) right",
                 "only (d) right", "McNemar p", f"within {TARGETS['c_vs_d_points']:g} point",
@@ -662,6 +705,33 @@ def report(result: dict[str, Any]) -> None:
     console.print(f"hardware: {result['hardware']}; wall {result['wall_s']:.0f} s "
                   f"({', '.join(f'{k} {v:.0f} s' for k, v in result['phases_s'].items())}); "
                   f"load average before/after {result['load_average']}", highlight=False)
+
+
+def report_twins(result: dict[str, Any]) -> None:
+    """The fine-tuned runs beside their frozen twins, per seed and on average."""
+    summ, seeds, shots = result["summary"], result["seeds"], result["config"]["shots"]
+    table = Table(title=f"Fine-tuned encoder ({result['config']['finetune']}) beside its frozen twin, same splits, "
+                        f"same test rows: % accuracy")
+    for col in ("run", "seed", "frozen %", "fine-tuned %", "points", "only FT / only frozen right", "McNemar p",
+                "encoder gate", "val frozen / FT %", "fine-tune s", "flow s frozen / FT", "INT8 agreement"):
+        table.add_column(col, justify="left" if col in ("run", "encoder gate") else "right")
+    for key, twin, label in (("a", "a_ft", "(a) full pipeline"), ("b", "b_ft", f"(b) {shots}-shot")):
+        for s in seeds:
+            t, v = s[twin], s[twin]["vs_frozen"]
+            val = ("-" if t["val_frozen"] is None else
+                   f"{100 * t['val_frozen']:.1f} / {100 * t['val_finetuned']:.1f}")
+            table.add_row(label, str(s["seed"]), f"{100 * s[key]['accuracy']:.2f}", f"{100 * t['accuracy']:.2f}",
+                          f"{v['points']:+.2f}", f"{v['only_finetuned_right']} / {v['only_frozen_right']}",
+                          f"{v['mcnemar_p']:.3f}", "fine-tuned kept" if t["encoder_kept"] else "frozen kept",
+                          val, "-" if t["finetune_s"] is None else f"{t['finetune_s']:.0f}",
+                          f"{s[key]['flow_s']:.0f} / {t['flow_s']:.0f}", f"{t['int8_agreement']:.4f}")
+        row = summ[twin]
+        target = TARGETS[f"{twin}_accuracy"]
+        table.add_row(f"{label}: mean", "", fmt(summ[key]["accuracy"]), fmt(row["accuracy"]),
+                      f"{row['points_vs_frozen']['mean']:+.2f}", "", "",
+                      f"kept {row['kept']} of {len(seeds)}; better (p<0.05) {row['better_on_paired_test']}",
+                      "", "", "", f"target >= {100 * target:.1f}: {_yes(summ['targets_met'][f'{twin}_accuracy'])}")
+    console.print(table)
 
 
 def _yes(ok: bool) -> str:
@@ -732,12 +802,21 @@ def run_seed(seed: int, args: argparse.Namespace, train: pd.DataFrame, test: pd.
     truth = list(test["label"])
     run_tag = uuid.uuid4().hex[:6]
     t = time.perf_counter()
-    full = run_flow(f"hwu64-full-s{seed}-{run_tag}", TrainConfig(data_path=path, encoder=args.encoder, seed=seed),
-                    bar, f"seed {seed}: (a) flow: ", work, args.threads)
-    shots = run_flow(f"hwu64-{args.shots}shot-s{seed}-{run_tag}",
-                     TrainConfig(data_path=path, shots=args.shots, encoder=args.encoder, seed=seed),
-                     bar, f"seed {seed}: (b) flow: ", work, args.threads)
+    full_config = TrainConfig(data_path=path, encoder=args.encoder, seed=seed)
+    shots_config = TrainConfig(data_path=path, shots=args.shots, encoder=args.encoder, seed=seed)
+    full = run_flow(f"hwu64-full-s{seed}-{run_tag}", full_config, bar, f"seed {seed}: (a) flow: ", work,
+                    args.threads)
+    shots = run_flow(f"hwu64-{args.shots}shot-s{seed}-{run_tag}", shots_config, bar, f"seed {seed}: (b) flow: ",
+                     work, args.threads)
     phases["train flows"] += time.perf_counter() - t
+    twins: dict[str, Registered] = {}
+    if args.finetune != "off":
+        t = time.perf_counter()
+        for key, config, label in (("a", full_config, "(a)"), ("b", shots_config, "(b)")):
+            tuned = config.model_copy(update={"finetune": args.finetune, "finetune_budget_s": args.finetune_budget})
+            twins[key] = run_flow(f"hwu64-{key}-ft-s{seed}-{run_tag}", tuned, bar,
+                                  f"seed {seed}: {label} fine-tuned flow: ", work, args.threads)
+        phases["fine-tuned flows"] += time.perf_counter() - t
 
     t = time.perf_counter()
     features: dict[str, Features] = {}
@@ -749,6 +828,11 @@ def run_seed(seed: int, args: argparse.Namespace, train: pd.DataFrame, test: pd.
                 features_of(reg.predictor, list(test["text"]), bar, f"seed {seed}: INT8 features, test rows"),
                 reg.predictor.features(list(test["text"])))
         features[reg.model_name] = cache[key]
+    twin_test: dict[str, Batch] = {}
+    for key, reg in twins.items():  # only scored on the test rows: the stream (c) starts from the frozen (b)
+        encoder = encoder_key(reg.predictor)
+        twin_test[key] = cache[encoder].test if encoder in cache else features_of(
+            reg.predictor, list(test["text"]), bar, f"seed {seed}: INT8 features, test rows, fine-tuned ({key})")
     phases["INT8 features"] += time.perf_counter() - t
 
     out: dict[str, Any] = {"seed": seed}
@@ -760,6 +844,10 @@ def run_seed(seed: int, args: argparse.Namespace, train: pd.DataFrame, test: pd.
     out["b"] = {**b_metrics, "version": shots.version, "promoted": shots.promoted, "run_id": shots.run_id,
                 "head_rows": shots.n_train, "flow_eval_rows": shots.n_eval, "gate": shots.gate,
                 "fallback": fallback_on(shots.predictor, b_proba, b_right)}
+    out["a"]["flow_s"], out["b"]["flow_s"] = full.flow_s, shots.flow_s
+    for key, frozen_right in (("a", a_right), ("b", b_right)):
+        if key in twins:
+            out[f"{key}_ft"] = finetuned_twin(twins[key], twin_test[key], truth, frozen_right, seed)
 
     t = time.perf_counter()
     feats = features[shots.model_name]
@@ -843,6 +931,7 @@ def run_real_data(args: argparse.Namespace) -> dict[str, Any]:
         "load_average": [load_before, [round(x, 2) for x in os.getloadavg()]],
         "anchors": ANCHORS, "targets": TARGETS,
         "config": {"seeds": args.seeds, "shots": args.shots, "events_at": args.events_at, "rate_per_s": args.rate,
+                   "finetune": args.finetune, "finetune_budget_s": args.finetune_budget,
                    "feedback_delay_s": list(DELAY_S), "partitions": PARTITIONS, "users": args.users,
                    "threads": args.threads, "bootstrap_resamples": BOOTSTRAP,
                    "feedback_service": settings.model_dump(include=set(LEARNING_SETTINGS)),

@@ -103,6 +103,18 @@ def test_a_tiny_run_reports_every_row_with_consistent_counts(real_data, tmp_path
     summary = result["summary"]
     assert set(summary["c"]) == {"20", "50", "all"} and summary["a"]["accuracy"]["min"] == seed["a"]["accuracy"]
 
+    # Fine-tuned twins of (a) and (b): the flow fine-tunes, its encoder gate decides, scored on the same rows.
+    for key in ("a", "b"):
+        twin = seed[f"{key}_ft"]
+        assert twin["encoder_decision"].startswith(("fine-tuned", "kept tiny")), twin["encoder_decision"]
+        assert twin["encoder_kept"] == twin["encoder_decision"].startswith("fine-tuned")
+        assert twin["finetune_s"] > 0 and 0.0 <= twin["val_frozen"] <= 1.0 and twin["int8_agreement"] > 0
+        versus = twin["vs_frozen"]
+        assert versus["only_finetuned_right"] - versus["only_frozen_right"] == \
+            round((twin["accuracy"] - seed[key]["accuracy"]) * 32)
+        assert summary[f"{key}_ft"]["kept"] == int(twin["encoder_kept"])
+    assert "a_ft_accuracy" in summary["targets_met"] and result["config"]["finetune"] == "classify"
+
 
 def teardown_module() -> None:
     sys.modules.pop("real_data", None)  # another test may import a module of that name
