@@ -485,10 +485,7 @@ def start_feedback(shared: Shared, run_dir: Path, broker: str, interval: float, 
     env = loopline_env(state_dir=str(run_dir / "feedback-state"), mlflow_tracking_uri=shared.mlflow.url,
                        kafka_bootstrap_servers=broker, model_name=shared.model_name,
                        group_id=f"freshness-{uuid.uuid4().hex[:8]}", update_interval_s=f"{interval:g}",
-                       metrics_port=str(port),
-                       # Per-user stats go to the Feast store serving reads, as in a deployment (the service's
-                       # own state folder is fresh per run, so that no checkpoint carries over).
-                       feast_state_dir=str(shared.state))
+                       metrics_port=str(port))
     env.update(extra)
     proc = ManagedProcess("feedback", bin_command("feedback"), run_dir, env=env, url=f"http://{HOST}:{port}")
     return proc.start_healthy(lambda: http_get(proc.url, "/metrics", 2)[0] == 200, START_TIMEOUT)
@@ -717,7 +714,7 @@ def profile_service(shared: Shared, rate: float, interval: float, args: argparse
     rows["process(): the rest (watermark, counters, offsets)"] = cpu["process"] - sum(rows.values())
     tick = stages(in_tick)
     rows |= tick | stages(in_window)
-    rows["tick(): the rest (windows loop, dead letters, user stats)"] = cpu["tick"] - sum(tick.values())
+    rows["tick(): the rest (windows loop, dead letters)"] = cpu["tick"] - sum(tick.values())
     rows |= stages(in_checkpoint)
     rows[GC_STAGE] = timer.cpu[GC_STAGE]
     return {"rate": rate, "interval_s": interval, "event_seconds": args.profile_seconds,

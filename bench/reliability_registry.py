@@ -338,7 +338,7 @@ def _services(workdir: Path, tracking_uri: str, broker: str, model_name: str, re
                                   "LOOPLINE_IDLE_S": "1", "LOOPLINE_FEEDBACK_WAIT_S": "10",
                                   "LOOPLINE_REGISTRY_INTERVAL_S": f"{registry_interval_s:g}",
                                   "LOOPLINE_REGISTRY_RETRY_MAX_S": "4", "LOOPLINE_CHAMPION_CHECK_S": "10",
-                                  "LOOPLINE_DRIFT": "false", "LOOPLINE_PUSH_USER_STATS": "false"})
+                                  "LOOPLINE_DRIFT": "false"})
     return serving, feedback
 
 

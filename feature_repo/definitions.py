@@ -1,4 +1,4 @@
-"""loopline's Feast objects, declared top-down: project, entity, sources, feature views, feature service.
+"""loopline's Feast objects, declared top-down: project, entity, source, feature view, feature service.
 
 Where the data lives: every path here is *relative*. Feast resolves relative
 FileSource paths (and the registry and SQLite paths of feature_store.yaml)
@@ -11,17 +11,20 @@ deployment. (The alternatives were worse: an environment variable read here is
 fixed at first import, so one process could not open two state folders, e.g. in
 tests; a rendered copy of the repo per state folder duplicates the definitions.)
 
-The data:
-- `data/users.parquet`: the generator's user table (`models.traffic`), one row
-  per profile version, stamped `event_timestamp` (valid from) and `created`.
-- `data/user_stats.parquet`: what the feedback service pushes through
-  `user_stats_push`; starts empty and grows with every offline push.
+The data: `data/users.parquet`, the generator's user table (`models.traffic`) or
+the user's own, one row per profile version, stamped `event_timestamp` (valid
+from) and `created`.
+
+Earlier definitions also had `user_stats_fv` (per-user correction counts pushed
+by the feedback service; measured to help no stream, bench/user_stats.py, and
+removed). `apply` does not delete, so a registry from then still lists it;
+nothing reads it, since reads go through `user_features`.
 """
 
 from datetime import timedelta
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, Project, PushSource, ValueType
-from feast.types import Float64, Int64, String
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, Project, ValueType
+from feast.types import Float64, String
 
 project = Project(name="loopline", description="Per-user features for the intent router")
 
@@ -36,16 +39,6 @@ user_source = FileSource(
     created_timestamp_column="created",
     description="User profiles from the traffic generator or the user's own table",
 )
-
-user_stats_source = FileSource(
-    name="user_stats_source",
-    path="data/user_stats.parquet",
-    timestamp_field="event_timestamp",
-    created_timestamp_column="created",
-    description="Offline copy of the stats the feedback service pushes",
-)
-
-user_stats_push = PushSource(name="user_stats_push", batch_source=user_stats_source)
 
 # Profiles change rarely; one older than two years is treated as unknown.
 user_profile_fv = FeatureView(
@@ -66,21 +59,8 @@ user_profile_fv = FeatureView(
     source=user_source,
 )
 
-# Corrections say how the model is doing for this user lately; after 90 days of silence they say nothing.
-user_stats_fv = FeatureView(
-    name="user_stats_fv",
-    entities=[user],
-    ttl=timedelta(days=90),
-    schema=[
-        Field(name="corrections_count", dtype=Int64, description="Corrections the user has sent so far"),
-        Field(name="last_corrected_intent", dtype=String, description="The intent of the latest correction"),
-    ],
-    online=True,
-    source=user_stats_push,
-)
-
 user_features = FeatureService(
     name="user_features",
-    features=[user_profile_fv, user_stats_fv],
-    description="What the featurizer and the feedback service read per user",
+    features=[user_profile_fv],
+    description="What serving and the train flow read per user for the featurizer",
 )

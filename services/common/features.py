@@ -1,13 +1,14 @@
-"""Per-user features from Feast: open a state folder's store, join point-in-time, read online, push stats.
+"""Per-user features from Feast: open a state folder's store, join point-in-time, materialize, read online.
 
 One store per state folder: `open_store(state_dir)` opens `feature_repo/` with
 repo_path=state_dir, so the registry, the SQLite online store and the parquet
 sources all live under `state_dir/data/` (see feature_repo/definitions.py).
 
-Writers: `open_store` applies the definitions to a file registry and
-`push_user_stats` rewrites the stats parquet on every offline push, so one
-process at a time should do either per state folder; readers (serving) can
-open with `apply=False`.
+Writers: `open_store` applies the definitions to a file registry and may rewrite
+the user table, so one process at a time should do it per state folder; readers
+(serving) can open with `apply=False`. Reads and materialization go through the
+feature service only: `apply` adds and updates but never deletes, so a registry
+applied by older definitions keeps views nothing reads any more (`user_stats_fv`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import Entity, FeatureService, FeatureStore, FeatureView, Project
-from feast.data_source import DataSource, PushMode
+from feast.data_source import DataSource
 
 from models.features import USER_FIELDS
 
@@ -35,15 +36,10 @@ logging.getLogger("feast.infra.registry.registry").setLevel(logging.WARNING)
 
 FEATURE_REPO = Path(__file__).resolve().parents[2] / "feature_repo"
 SERVICE = "user_features"
-PUSH_SOURCE = "user_stats_push"
 USERS_PATH = Path("data/users.parquet")  # relative to the state folder, as in definitions.py
-STATS_PATH = Path("data/user_stats.parquet")
-_STRINGS = (*USER_FIELDS, "last_corrected_intent")
 _TIME = pa.timestamp("us", tz="UTC")
 _USERS_SCHEMA = pa.schema([("user_id", pa.string()), *((name, pa.string()) for name in USER_FIELDS),
                            ("activity_level", pa.float64()), ("event_timestamp", _TIME), ("created", _TIME)])
-_STATS_SCHEMA = pa.schema([("user_id", pa.string()), ("corrections_count", pa.int64()),
-                           ("last_corrected_intent", pa.string()), ("event_timestamp", _TIME), ("created", _TIME)])
 
 
 def open_store(state_dir: Path, users: pd.DataFrame | None = None, repo: Path = FEATURE_REPO,
@@ -59,9 +55,6 @@ def open_store(state_dir: Path, users: pd.DataFrame | None = None, repo: Path = 
         _write_parquet(pa.Table.from_pandas(users, preserve_index=False), state_dir / USERS_PATH)
     elif not (state_dir / USERS_PATH).exists():
         _write_parquet(_USERS_SCHEMA.empty_table(), state_dir / USERS_PATH)
-    if not (state_dir / STATS_PATH).exists():
-        # Offline pushes append to this file and take their schema from it, so it must exist first.
-        _write_parquet(_STATS_SCHEMA.empty_table(), state_dir / STATS_PATH)
     store = FeatureStore(repo_path=str(state_dir), fs_yaml_file=repo / "feature_store.yaml")
     if apply:
         store.apply(_definitions(repo))
@@ -85,24 +78,23 @@ def historical_user_features(store: FeatureStore, entity_df: pd.DataFrame) -> pd
         part = part.assign(user_id=part["user_id"].astype(str), event_timestamp=_ns_utc(part["event_timestamp"]))
         joined = joined.merge(part, on=["user_id", "event_timestamp"], how="left", validate="many_to_one")
     features = joined.drop(columns=["user_id", "event_timestamp"])
-    for name in _STRINGS:
+    for name in USER_FIELDS:
         features[name] = features[name].astype(object).where(features[name].notna(), None)
-    features["corrections_count"] = features["corrections_count"].astype("Int64")
     features.index = entity_df.index
     return pd.concat([entity_df, features], axis=1)
 
 
-def materialize(store: FeatureStore, end: datetime, include_pushed: bool = False, full: bool = False) -> None:
+def materialize(store: FeatureStore, end: datetime, full: bool = False) -> None:
     """Copy offline rows up to `end` into the online store, from where each view's last run (or end - ttl) left off.
 
+    Only the feature service's views: the others an older registry holds are read by nobody.
     `full` starts every view at `end - ttl` again: needed after a table was rewritten with rows
     older than the last run (a regenerated user table keeps its old valid-from times).
     """
     end = _utc(end)
+    served = {projection.name for projection in _service(store).feature_view_projections}
     for view in store.list_feature_views():
-        if view.stream_source is not None and not include_pushed:
-            # Pushes already reach the online store; re-materializing their offline copy up to an `end`
-            # older than the latest push would overwrite newer values (SQLite writes do not compare times).
+        if view.name not in served:
             continue
         # Unlike materialize_incremental, a first run starts at `end - ttl`, not at wall-clock now - ttl,
         # so replayed or simulated time works too.
@@ -128,14 +120,6 @@ def online_user_features(store: FeatureStore, user_ids: Sequence[str]) -> list[d
         row = {name: columns[name][i] for name in names}
         rows.append(row if any(v is not None for v in row.values()) else None)
     return rows
-
-
-def push_user_stats(store: FeatureStore, frame: pd.DataFrame) -> None:
-    """Write rows of (user_id, corrections_count, last_corrected_intent, event_timestamp) online and offline."""
-    if frame.empty:
-        return
-    stats = _stats_frame(frame.assign(created=frame["created"] if "created" in frame else pd.Timestamp.now(tz=UTC)))
-    store.push(PUSH_SOURCE, stats, to=PushMode.ONLINE_AND_OFFLINE)
 
 
 def user_fields(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -169,13 +153,6 @@ def _definitions(repo: Path) -> list[Any]:
     spec.loader.exec_module(module)
     kinds = (Project, Entity, DataSource, FeatureView, FeatureService)
     return [obj for obj in vars(module).values() if isinstance(obj, kinds)]
-
-
-def _stats_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Stats rows with the exact columns and types of the offline file (the file store checks both)."""
-    # Strings stay object dtype: a pandas "string" column is read back as such, and Dask then warns
-    # about joining it to the object user ids of the entity frame.
-    return pa.Table.from_pandas(frame, schema=_STATS_SCHEMA, preserve_index=False).to_pandas()
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:

@@ -86,7 +86,7 @@ class FeedbackCollector(Collector):
                                 "hand has waited for the registry",
                                 value=time.monotonic() - registering.since if registering is not None else 0.0)
         if s.observer is not None:
-            observed = CounterMetricFamily("loopline_feedback_observer", "Drift windows, alerts, Feast pushes",
+            observed = CounterMetricFamily("loopline_feedback_observer", "Drift windows, reports logged, alerts",
                                            labels=["outcome"])
             for outcome, n in s.observer.outcomes.items():
                 observed.add_metric([outcome], n)

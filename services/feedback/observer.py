@@ -1,15 +1,15 @@
-"""What the feedback service reports beside learning: drift per window and per-user stats to Feast.
+"""What the feedback service reports beside learning: drift per window.
 
-It runs in a thread of its own so that an Evidently run (1-2 s), an MLflow upload or
-a slow feature store never delays an update window. The learning loop hands it
-every released window (`observe`) and the per-user stats that changed; it feeds
-the `DriftMonitor`, and for each finished drift window logs the HTML report and its
-numbers to MLflow and, on an alert, emits the Prefect event `loopline.drift.detected`
-(at most once per `drift_alert_cooldown_s`), which triggers the retrain deployment.
+It runs in a thread of its own so that an Evidently run (1-2 s) or an MLflow upload
+never delays an update window. The learning loop hands it every released window
+(`observe`); it feeds the `DriftMonitor`, and for each finished drift window logs
+the HTML report and its numbers to MLflow and, on an alert, emits the Prefect event
+`loopline.drift.detected` (at most once per `drift_alert_cooldown_s`), which
+triggers the retrain deployment.
 
-Both are side effects outside the checkpoint: after a crash the windows replayed
-since the last checkpoint are observed again (a drift window may count them twice,
-pushes rewrite the same absolute stats), which is harmless for monitoring.
+This is a side effect outside the checkpoint: after a crash the windows replayed
+since the last checkpoint are observed again (a drift window may count them twice),
+which is harmless for monitoring.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-import pandas as pd
 
 from services.feedback.drift import DriftMonitor, DriftResult, DriftSettings, Reference
 from services.feedback.join import Joined
@@ -37,17 +36,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class UserStat:
-    user_id: str
-    corrections_count: int
-    last_corrected_intent: str
-    ts: float
-
-
-@dataclass(frozen=True)
 class _Window:
     examples: Sequence[Joined]
-    stats: Sequence[UserStat]
 
 
 @dataclass(frozen=True)
@@ -75,23 +65,22 @@ class Observer:
         self.drift: Literal["starting", "on", "off", "failed"] = "starting"
         self._queue: queue.Queue[_Window | _NewReference | None] = queue.Queue(maxsize=64)
         self._last_alert = -float("inf")
-        self._store: Any = None
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="feedback-observer", daemon=True)
         self._thread.start()
 
-    def observe(self, examples: Sequence[Joined], stats: Sequence[UserStat]) -> None:
+    def observe(self, examples: Sequence[Joined]) -> None:
         """Hand over one released window (blocks only if the worker is 64 windows behind)."""
-        if examples or stats:
-            self._queue.put(_Window(examples, stats))
+        if examples:
+            self._queue.put(_Window(examples))
 
     def new_reference(self, reference: Reference | None, version: int) -> None:
         """The base version changed to one with another encoder: compare with its reference from now on."""
         self._queue.put(_NewReference(reference, version))
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop after the window in hand. Windows still queued give their user stats (the newest per user,
-        in one push) but are not observed for drift: a stopping service must not wait for monitoring."""
+        """Stop after the window in hand. Windows still queued are not observed for drift: a stopping
+        service must not wait for monitoring."""
         self._closing.set()
         with contextlib.suppress(queue.Full):  # full: the worker drained it on seeing `_closing` and is gone
             self._queue.put(None, timeout=timeout)
@@ -119,7 +108,7 @@ class Observer:
             self._monitor = self._make_monitor(self._reference)
         while (item := self._queue.get()) is not None:
             if self._closing.is_set():
-                self._push_left(item)
+                self._skip_queued(item)
                 return
             try:
                 if isinstance(item, _NewReference):
@@ -127,34 +116,21 @@ class Observer:
                     self.version = item.version
                     self._monitor = self._make_monitor(item.reference)
                     continue
-                if item.stats:
-                    self._push(item.stats)
-                if self._monitor is not None and item.examples:
+                if self._monitor is not None:
                     self._drift(item.examples)
             except Exception:  # monitoring must never take learning down with it
                 log.exception("observer: a window was not fully observed")
                 self.outcomes["failed"] += 1
 
-    def _push_left(self, item: _Window | _NewReference) -> None:
-        newest: dict[str, UserStat] = {}
+    def _skip_queued(self, item: _Window | _NewReference | None) -> None:
         skipped = 0
-        while True:
-            if isinstance(item, _Window):
-                newest |= {s.user_id: s for s in item.stats}
-                skipped += bool(item.examples)
+        while item is not None:
+            skipped += isinstance(item, _Window)
             try:
-                next_item = self._queue.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if next_item is None:
-                break
-            item = next_item
         log.info("observer closing: %d queued windows not observed for drift", skipped)
-        if newest:
-            try:
-                self._push(list(newest.values()))
-            except Exception:
-                log.exception("observer: user stats not pushed while closing")
 
     # -- drift ---------------------------------------------------------------------------------
 
@@ -224,29 +200,6 @@ class Observer:
         self._last_alert = now
         self.outcomes["events_emitted"] += 1
         log.warning("emitted loopline.drift.detected for drift window %d", result.window)
-
-    # -- Feast -----------------------------------------------------------------------------------
-
-    def _push(self, stats: Sequence[UserStat]) -> None:
-        if not self.settings.push_user_stats:
-            return
-        from services.common.features import open_store, push_user_stats
-
-        if self._store is None:
-            state = self.settings.feast_state_dir or self.settings.state_dir
-            self._store = open_store(state / "feast", repo=self.settings.feature_repo, apply=False)  # serving's
-        frame = pd.DataFrame({
-            "user_id": [s.user_id for s in stats],
-            "corrections_count": [s.corrections_count for s in stats],
-            "last_corrected_intent": [s.last_corrected_intent for s in stats],
-            # microseconds: the offline file's time type (nanoseconds would be refused as losing data)
-            "event_timestamp": pd.to_datetime([s.ts for s in stats], unit="s", utc=True).floor("us")})
-        try:
-            push_user_stats(self._store, frame)
-            self.outcomes["users_pushed"] += len(stats)
-        except Exception as exc:
-            log.warning("user stats not pushed to Feast (%d users): %s", len(stats), exc)
-            self.outcomes["push_failed"] += 1
 
 
 def load_reference(bundle: Path) -> Reference | None:

@@ -27,14 +27,13 @@ it: serving, which loads the new version, ends with the live head, and the numbe
 those a run without any wait would have given. When a retrain moves `champion`
 elsewhere, learning restarts from that version's head, and feedback on predictions of a
 version whose encoder differs goes to the dead letters as `stale_model`. Released
-windows go to the `Observer` thread for drift reports and per-user stats in Feast.
+windows go to the `Observer` thread for drift reports.
 """
 
 from __future__ import annotations
 
 import base64
 import gc
-import json
 import logging
 import math
 import queue
@@ -77,7 +76,7 @@ from services.feedback.join import (
     joined_to_bytes,
 )
 from services.feedback.learner import LearnSettings, OnlineLearner, Progress, WindowReport
-from services.feedback.observer import Observer, UserStat, load_reference
+from services.feedback.observer import Observer, load_reference
 from services.feedback.pacing import FeedbackPacer
 from services.feedback.registrar import (
     Attempt,
@@ -95,7 +94,6 @@ log = logging.getLogger(__name__)
 HEAD = "head.npz"
 JOIN = "join.npz"
 HOLDOUT = "holdout.npz"
-USERS = "users.json"
 TRUST = "trust.json"
 REGISTERING_HEAD = "registering-head.npz"
 REGISTERING_HOLDOUT = "registering-holdout.npz"
@@ -146,7 +144,6 @@ class FeedbackService:
         self.keeper = keeper if keeper is not None or start is not None else VersionKeeper(settings)
         self.observer: Observer | None = None
         self.accepted_bases: set[int] = set()  # registry versions whose predictions this head can learn from
-        self.corrections: dict[str, tuple[int, str, float]] = {}  # user -> count, last intent, time
         self.next_registration: float | None = None  # event time of the next scheduled registry version
         self.registration_due: str | None = None
         self.check_champion_now = False
@@ -228,8 +225,7 @@ class FeedbackService:
                            Counter(state.get("registrations", {})), Counter(state.get("unknown_labels", {})))
         self.accepted_bases = set(state.get("accepted_bases", [self.learner.base_version]))
         self.next_registration = state.get("next_registration")
-        self.corrections = {u: (int(c), str(i), float(t)) for u, (c, i, t) in
-                            json.loads(checkpoint.files[USERS]).items()} if USERS in checkpoint.files else {}
+        # Older checkpoints also hold users.json (per-user correction counts, no longer kept): ignored.
         if TRUST in checkpoint.files:
             self.trust = UserTrust.from_bytes(checkpoint.files[TRUST], self._trust_settings())
         self.registering = _registering_from(state, checkpoint.files)
@@ -252,8 +248,7 @@ class FeedbackService:
             "next_registration": self.next_registration, "owed": self.owed, "guard": self.guard.to_json(),
         }
         files = {HEAD: self.learner.model.to_bytes(), JOIN: self.store.to_bytes(),
-                 HOLDOUT: joined_to_bytes(list(self.learner.holdout)),
-                 USERS: json.dumps(self.corrections, sort_keys=True).encode(), TRUST: self.trust.to_bytes()}
+                 HOLDOUT: joined_to_bytes(list(self.learner.holdout)), TRUST: self.trust.to_bytes()}
         if self.registering is not None:
             state["registering"], extra = _registering_to(self.registering)
             files |= extra
@@ -341,9 +336,8 @@ class FeedbackService:
             self.stats.windows[report.decision] += 1
             reports.append(report)
             log.info("window up to %.1f: %s", end, report.describe())
-            stats = self._count_corrections(examples)
             if self.observer is not None:
-                self.observer.observe(examples, stats)
+                self.observer.observe(examples)
             if self.on_window is not None:
                 self.on_window(report)
         return reports
@@ -404,19 +398,6 @@ class FeedbackService:
         self._dead(rejected_letter(Rejected(joined.feedback, reason, detail)))
         verdict = "unknown_label" if reason == "unknown_label" else "withheld"
         self.collector.keep(joined, verdict, reason, None, end)
-
-    def _count_corrections(self, examples: list[Joined]) -> list[UserStat]:
-        """Per-user corrections (feedback naming another intent than the one served), changed users only."""
-        changed: dict[str, UserStat] = {}
-        for joined in examples:
-            user, label = joined.prediction.user_id, joined.feedback.label
-            if user is None or label == joined.prediction.intent:
-                continue
-            count = self.corrections.get(user, (0, "", 0.0))[0] + 1
-            ts = max(joined.prediction.ts, joined.feedback.ts)
-            self.corrections[user] = (count, label, ts)
-            changed[user] = UserStat(user, count, label, ts)
-        return list(changed.values())
 
     def update_event(self, report: WindowReport) -> ModelUpdate:
         assert report.delta is not None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field, SecretStr, field_validator
 
 from services.common.settings import CommonSettings, refuse_placeholder_token
@@ -81,8 +79,5 @@ class FeedbackSettings(CommonSettings):
     drift_alert_cooldown_s: float = Field(1800.0, ge=0.0, description="At most one drift event (retrain) "
                                           "per this many seconds.")
     drift_experiment: str = Field("loopline-drift", description="MLflow experiment of the drift reports.")
-    push_user_stats: bool = Field(True, description="Push per-user correction stats to Feast.")
-    feast_state_dir: Path | None = Field(None, description="State folder whose feast/ store serving reads; "
-                                         "default: state_dir.")
 
     _no_placeholder = field_validator("admin_token")(refuse_placeholder_token)

@@ -294,27 +294,6 @@ def test_feedback_on_predictions_of_a_version_with_other_inputs_is_dead_lettered
     assert all("9" in letter.detail for letter in svc.take_letters())
 
 
-def test_corrections_per_user_are_counted_for_feast(settings, trained) -> None:
-    svc = service(settings, trained)
-    records = stream(trained, n=300, seed=8)
-    for record in records:
-        svc.process(record, now=record.ts)
-    svc.tick(now=0.0, flush=True)
-    served = {r.key: PredictionEvent.model_validate_json(r.value) for r in records if r.topic == PREDICTIONS}
-    expected: dict[str, int] = {}
-    for r in records:
-        if r.topic == FEEDBACK:
-            event, label = served[r.key], FeedbackEvent.model_validate_json(r.value).label
-            if label != event.intent and event.user_id is not None:
-                expected[event.user_id] = expected.get(event.user_id, 0) + 1
-    assert expected, "the stream has corrections (label noise)"
-    assert {u: c for u, (c, _, _) in svc.corrections.items()} == expected
-    restored = FeedbackService(settings, start=(head_copy(trained[1]), 1))
-    assert restored.corrections == {}
-    svc.checkpoints.save(svc.checkpoint())
-    assert FeedbackService(settings).corrections == svc.corrections, "kept in the checkpoint"
-
-
 def test_scheduled_registrations_fall_on_the_same_heads_in_a_replay(settings, trained) -> None:
     settings = settings.model_copy(update={"registry_interval_s": 4.0})
     records = stream(trained)

@@ -54,6 +54,8 @@ EXAMPLES_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "MINIO_ROOT_USER", "AWS_SECRET_ACCE
 # The commands that open the examples table: the feedback service writes it, every retrain reads it.
 EXAMPLES_TABLE_USERS = {("loopline", "feedback"), ("loopline", "flows", "serve")}
 EXAMPLES_NEEDS = {"LOOPLINE_EXAMPLES_URI", *EXAMPLES_STORE}
+# The commands that open the Feast store: the train flow writes and materializes it, serving reads it.
+FEAST_USERS = {("loopline", "serve"), ("loopline", "flows", "serve")}
 
 # The loopline commands the stack runs, the settings class each reads, and what it needs at scale.
 ROLES: dict[tuple[str, ...], tuple[type[CommonSettings], set[str]]] = {
@@ -307,7 +309,9 @@ def test_each_service_gets_what_it_needs_and_the_values_load(where: str, monkeyp
         assert feature_repo.is_relative_to(IMAGE_DIR), feature_repo
         repo_copy = REPO / feature_repo.relative_to(IMAGE_DIR)
         assert (repo_copy / "feature_store.yaml").is_file(), repo_copy
-        if repo_copy == INFRA / "feature_repo":
+        if tuple(container.command) not in FEAST_USERS:  # its online store's credentials go to its users only
+            assert not scaleout_feature_vars() & set(container.env), f"{where} {container.role}"
+        elif repo_copy == INFRA / "feature_repo":
             assert scaleout_feature_vars() <= set(container.env), f"{where} {container.role}"
         if isinstance(settings, ServingSettings):
             assert settings.host == "0.0.0.0", "serving must listen beyond the container's loopback"
@@ -323,6 +327,20 @@ def test_the_scaleout_feature_store_differs_from_the_default_only_in_its_online_
     assert scaled["online_store"]["connection_string"] == "${LOOPLINE_REDIS_URL}"
     # The image completes the repo with the same definitions.
     assert "cp feature_repo/definitions.py infra/feature_repo/definitions.py" in DOCKERFILE.read_text()
+
+
+def test_only_the_feast_stores_users_mount_its_files() -> None:
+    # The code opens the store in serving and the flows only (services/common/features.py defines open_store).
+    opened_in = {p.relative_to(REPO).as_posix() for d in ("services", "flows") for p in (REPO / d).rglob("*.py")
+                 if "open_store(" in p.read_text()} - {"services/common/features.py"}
+    assert opened_in and all(p.startswith(("services/serving/", "flows/")) for p in opened_in), opened_in
+    for container in loopline_containers():
+        if container.where == "k8s":
+            mounts = {m["mountPath"] for m in container.raw.get("volumeMounts", [])}
+        else:
+            mounts = {str(v).split(":")[1] for v in container.raw.get("volumes", [])}
+        feast = f"{container.env['LOOPLINE_STATE_DIR']}/feast"
+        assert (feast in mounts) == (tuple(container.command) in FEAST_USERS), f"{container.where} {container.role}"
 
 
 def test_the_image_installs_like_the_makefile() -> None:
@@ -430,8 +448,9 @@ def test_urls_name_the_right_services_and_ports(where: str) -> None:
         for server in env["LOOPLINE_KAFKA_BOOTSTRAP_SERVERS"].split(","):
             host, port = host_port(server)
             assert port == infra.broker.DEFAULT_PORT and reaches(where, host, port, "kafka"), server
-        host, port = host_port(env["LOOPLINE_REDIS_URL"].split(",")[0])
-        assert reaches(where, host, port, "redis")
+        if "LOOPLINE_REDIS_URL" in env:
+            host, port = host_port(env["LOOPLINE_REDIS_URL"].split(",")[0])
+            assert reaches(where, host, port, "redis")
     # MLflow's artifacts go to the bucket the bucket job creates, on MinIO.
     assert urlsplit(flag(mlflow.command, "--artifacts-destination")).netloc in created_buckets(where)
     host, port = host_port(mlflow.env["MLFLOW_S3_ENDPOINT_URL"])

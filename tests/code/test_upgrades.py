@@ -65,6 +65,8 @@ def test_a_checkpoint_from_before_resumes_and_counts_unknown_labels_from_then_on
     assert service.stats.records == {"predictions": 120, "feedback": 97}
     assert service.offsets["feedback:1"] == 25 and not service.problems
     assert service.stats.unknown_labels == {}
+    # It holds users.json (per-user correction counts), which is no longer read or written.
+    assert (FIXTURES / "checkpoint" / "ckpt-000000000001" / "users.json").is_file()
 
     # A second label for a prediction the old checkpoint saw labeled: refused at once, as unknown_label.
     labeled = next(iter(service.store.labeled))
@@ -72,7 +74,9 @@ def test_a_checkpoint_from_before_resumes_and_counts_unknown_labels_from_then_on
     service.process(Record(FEEDBACK, 1, 25, labeled, event.model_dump_json().encode(), 1_800_000_005.0),
                     now=1_800_000_005.0)
     assert service.stats.dead_letters["unknown_label"] == 1 and service.stats.unknown_labels == {"make_coffee": 1}
-    service.checkpoints.save(service.checkpoint())
+    written = service.checkpoint()
+    assert "users.json" not in written.files
+    service.checkpoints.save(written)
     again = FeedbackService(settings)
     assert again.stats.unknown_labels == {"make_coffee": 1} and again.offsets["feedback:1"] == 26
     registry = CollectorRegistry()

@@ -140,7 +140,7 @@ class Feedback:
 
 
 def feedback_service(serving: Serving, state: Path, name: str = "feedback", **settings: str) -> Feedback:
-    """`loopline feedback` against the serving fixture's broker, registry and Feast store; versions are
+    """`loopline feedback` against the serving fixture's broker and registry; versions are
     registered only on `loopline promote` unless `settings` say otherwise. POST /promote takes a token of
     its own unless `settings` name one (`Feedback.token`)."""
     settings.setdefault("admin_token", "f33dback-test-" + uuid.uuid4().hex)
@@ -151,7 +151,7 @@ def feedback_service(serving: Serving, state: Path, name: str = "feedback", **se
            "LOOPLINE_MODEL_NAME": serving.settings.model_name, "LOOPLINE_GROUP_ID": f"fb-{uuid.uuid4().hex[:8]}",
            "LOOPLINE_UPDATE_INTERVAL_S": "1", "LOOPLINE_MIN_HOLDOUT": "10", "LOOPLINE_HOLDOUT_SHARE": "0.2",
            "LOOPLINE_CHECKPOINT_INTERVAL_S": "1", "LOOPLINE_FEEDBACK_WAIT_S": "5", "LOOPLINE_IDLE_S": "1",
-           "LOOPLINE_METRICS_PORT": str(port), "LOOPLINE_FEAST_STATE_DIR": str(serving.settings.state_dir),
-           "LOOPLINE_REGISTRY_INTERVAL_S": "0", **{f"LOOPLINE_{k.upper()}": v for k, v in settings.items()}}
+           "LOOPLINE_METRICS_PORT": str(port), "LOOPLINE_REGISTRY_INTERVAL_S": "0",
+           **{f"LOOPLINE_{k.upper()}": v for k, v in settings.items()}}
     return Feedback(ManagedProcess(name, bin_command("feedback"), state, env=env, url=f"http://127.0.0.1:{port}"),
                     state)
