@@ -44,6 +44,10 @@ class TrainConfig(BaseModel):
                                                                    "most this many training rows.")
     finetune_budget_s: float = Field(600.0, gt=0.0, description="Wall-clock cap of a fine-tune (checked between "
                                                                 "steps); the best state so far is kept.")
+    finetune_epochs: int | None = Field(None, ge=1, le=50, description="Fine-tuning epochs; default: 10 up to "
+                                                                       "2,000 training rows, else 1 (chosen on "
+                                                                       "HWU64 validation rows; the budget caps "
+                                                                       "both).")
     finetune_val_share: float = Field(0.2, gt=0.0, lt=0.9, description="Share of every class's training rows held "
                                                                        "out to stop fine-tuning and decide on it.")
     encoder_margin: float = Field(0.005, ge=-1.0, le=1.0, description="Validation accuracy the fine-tuned encoder "

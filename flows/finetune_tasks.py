@@ -88,7 +88,9 @@ def choose_encoder(texts: list[str], labels: list[str], users: list[dict[str, An
     started = time.monotonic()
     fit_texts, val_texts = [texts[i] for i in fit], [texts[i] for i in val]
     fit_labels, val_labels = [labels[i] for i in fit], [labels[i] for i in val]
-    settings = FinetuneConfig(objective=objective, budget_s=config.finetune_budget_s, seed=config.seed)
+    epochs = config.finetune_epochs or (10 if len(fit) <= 2_000 else 1)
+    settings = FinetuneConfig(objective=objective, epochs=epochs, budget_s=config.finetune_budget_s,
+                              seed=config.seed)
     advance = progress.track(f"fine-tune ({objective})", 100)
     done = [0]
 
