@@ -14,8 +14,11 @@ table gives per phase p50/p99 pooled over rounds, the median of the per-round p9
 retrain phases' p99 to idle's. Target (issue "Close the slow path"): p99 while a retrain runs within 2x of
 p99 without one.
 
-Run: `.venv/bin/python bench/serving_retrain.py [--rounds 2] [--events 6000] [--plain] [--quick]`.
-Writes `serving_retrain.json` to `--out`.
+With `--finetune classify` the retrain fine-tunes the encoder first (`loopline train --finetune`), the
+heaviest step a retrain can take; the results go to `serving_retrain-finetune-classify.json`.
+
+Run: `.venv/bin/python bench/serving_retrain.py [--rounds 2] [--events 6000] [--plain] [--finetune classify]
+[--quick]`. Writes `serving_retrain.json` to `--out`.
 """
 
 from __future__ import annotations
@@ -69,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--idle-s", type=float, default=40.0, help="length of an idle phase")
     parser.add_argument("--plain", action="store_true", help="also a retrain at normal priority")
     parser.add_argument("--all-threads", action="store_true", help="retrains without the runner's thread limit")
+    parser.add_argument("--finetune", choices=("off", "classify", "contrastive"), default="off",
+                        help="the retrain fine-tunes the encoder first (`loopline train --finetune`)")
+    parser.add_argument("--finetune-budget", type=float, default=300.0, help="seconds its fine-tune may take")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny encoder, 1 round, short phases")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--max-batch", type=int, default=32)
@@ -108,7 +114,8 @@ def retrain(work: Path, args: argparse.Namespace, nice: int) -> subprocess.Popen
     env.update(LOOPLINE_STATE_DIR=str(state), PREFECT_HOME=str(state / "prefect"),
                PREFECT_SERVER_ANALYTICS_ENABLED="false")
     cmd = ["nice", "-n", str(nice), str(Path(sys.executable).parent / "loopline"), "train", "--encoder",
-           args.encoder, "--events", str(args.events)]
+           args.encoder, "--events", str(args.events), "--finetune", args.finetune,
+           "--finetune-budget", str(args.finetune_budget)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=(state / "train.log").open("wb"))
 
 
@@ -146,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               f"{runs[name][-1]['seconds']:.0f} s")
     result = summarize(runs, args, load_before)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serving_retrain.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = "serving_retrain.json" if args.finetune == "off" else f"serving_retrain-finetune-{args.finetune}.json"
+    (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
     _print(result)
     return result
 
@@ -171,7 +179,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, l
     return {"hardware": f"{cpu_name()}, {os.cpu_count()} cores, CPython {platform.python_version()}",
             "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
             "config": {"rounds": args.rounds, "events": args.events, "encoder": args.encoder,
-                       "idle_s": args.idle_s, "retrain_threads": "all" if args.all_threads else 1},
+                       "idle_s": args.idle_s, "retrain_threads": "all" if args.all_threads else 1,
+                       "finetune": args.finetune, "finetune_budget_s": args.finetune_budget},
             "phases": phases,
             "within_target": phases["retrain, nice 10"]["p99_vs_idle"] <= TARGET_RATIO}
 

@@ -21,9 +21,10 @@ def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 
 @pytest.mark.slow  # 60-90 s: a tiny-encoder train flow under serving load
 def test_a_quick_run_measures_serving_idle_and_beside_a_retrain(bench: ModuleType, tmp_path: Path) -> None:
-    result = bench.main(["--quick", "--out", str(tmp_path)])
+    result = bench.main(["--quick", "--finetune", "classify", "--finetune-budget", "20", "--out", str(tmp_path)])
 
-    written = json.loads((tmp_path / "serving_retrain.json").read_text())
+    written = json.loads((tmp_path / "serving_retrain-finetune-classify.json").read_text())
+    assert written["config"]["finetune"] == "classify", "the retrain fine-tuned the encoder first"
     assert written == json.loads(json.dumps(result))
     phases = written["phases"]
     assert set(phases) == {"idle", "retrain, nice 10"}
