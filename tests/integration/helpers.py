@@ -31,7 +31,19 @@ def flow_settings(mlflow_server: str, state: Path, model_prefix: str) -> Iterato
         mp.delenv("LOOPLINE_KAFKA_BOOTSTRAP_SERVERS", raising=False)
         mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         with prefect_test_harness(server_startup_timeout=120):
-            yield CommonSettings()
+            try:
+                yield CommonSettings()
+            finally:
+                drain_prefect_events()
+
+
+def drain_prefect_events(timeout: float = 30.0) -> None:
+    """Stop Prefect's events workers, waiting at most `timeout`. The harness drains them on exit without a
+    limit, and once in a full test run that wait never ended (the worker idle, its done-event unset): a
+    bounded drain first leaves it nothing to wait for."""
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=timeout)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 15.0, every: float = 0.02) -> bool:
