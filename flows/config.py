@@ -79,6 +79,10 @@ class TrainConfig(BaseModel):
     collected_since: float | None = Field(None, description="Collected examples written at or after this time "
                                                             "(seconds since the epoch); default: as above.")
     collected_until: float | None = Field(None, description="...and before this time; default: now.")
+    collected_feedback_until: float | None = Field(
+        None, description="Only collected examples whose feedback came at or before this time (seconds since the "
+                          "epoch). The on-drift deployment sets it to the end of the drifted window, so the run "
+                          "trains on what the alert saw, whenever it starts.")
     new_label_min_examples: int = Field(20, ge=1, description="A label only feedback carried becomes a class with "
                                                               "at least this many examples...")
     new_label_min_users: int = Field(5, ge=1, description="...from at least this many users.")

@@ -53,6 +53,7 @@ class Collected:
     table_version: int | None
     since: float
     until: float
+    feedback_until: float | None = None  # the end of the drifted window an on-drift run was asked to train on
 
     @property
     def through(self) -> float:
@@ -166,13 +167,21 @@ def collected_examples(settings: CommonSettings, config: TrainConfig, recorded: 
     if version is None:
         get_run_logger().info("no examples table at %s yet: nothing collected to add", table.uri)
         return None
-    rows = table.read(f"written_at >= {float(since)!r} AND written_at < {float(until)!r}")
+    where = f"written_at >= {float(since)!r} AND written_at < {float(until)!r}"
+    if config.collected_feedback_until is not None:
+        where += f" AND feedback_ts <= {float(config.collected_feedback_until)!r}"
+    rows = table.read(where)
     selection = select(rows, classes, config.support())
-    get_run_logger().info("examples table %s (version %d), rows written %s to %s: %s", table.uri, version,
-                          _iso(since), _iso(until), selection.describe())
+    get_run_logger().info("examples table %s (version %d), rows written %s to %s%s: %s", table.uri, version,
+                          _iso(since), _iso(until), _feedback_cut(config.collected_feedback_until),
+                          selection.describe())
     if selection.rows == 0:
         return None
-    return Collected(selection, table.uri, version, since, until)
+    return Collected(selection, table.uri, version, since, until, config.collected_feedback_until)
+
+
+def _feedback_cut(feedback_until: float | None) -> str:
+    return "" if feedback_until is None else f" with feedback by {_iso(feedback_until)}"
 
 
 def _iso(ts: float) -> str:

@@ -22,6 +22,11 @@ def build_deployments(cron: str = "0 3 * * *", encoder: str = "minilm",
     """The nightly run and the drift-triggered run, same flow, same parameters (`config`, else the
     defaults with `encoder`: train on the champion's data)."""
     parameters = {"config": (config or TrainConfig(encoder=encoder, from_champion=True)).model_dump(mode="json")}
+    # A drift run reads the collected examples up to the end of the window that drifted (the event's payload
+    # names it), not up to whenever the run happens to start. Prefect renders the template as a number, and
+    # as null for an event without it (then: up to the start).
+    on_drift_parameters = {"config": {**parameters["config"],
+                                      "collected_feedback_until": "{{ event.payload.window_to | default(none) }}"}}
     nightly = train_flow.to_deployment(
         name="nightly", schedules=[Cron(cron, timezone="UTC")], parameters=parameters,
         description="Retrain every night, gate, register, deploy if not worse.", tags=["loopline"])
@@ -29,7 +34,8 @@ def build_deployments(cron: str = "0 3 * * *", encoder: str = "minilm",
         name="on-drift", parameters=parameters, tags=["loopline"],
         description=f"Retrain when the feedback service emits {DRIFT_EVENT}.",
         triggers=[DeploymentEventTrigger(name="drift detected", expect={DRIFT_EVENT},
-                                         match={"prefect.resource.id": "loopline.*"})],
+                                         match={"prefect.resource.id": "loopline.*"},
+                                         parameters=on_drift_parameters)],
     )
     # to_deployment is sync-compatible: called from sync code it returns the deployment itself.
     assert isinstance(nightly, RunnerDeployment) and isinstance(on_drift, RunnerDeployment)

@@ -217,6 +217,8 @@ def _log_data(data: Dataset, run_id: str) -> tuple[str, str]:
 def _log_collected(collected: Collected, rows: pd.DataFrame) -> None:
     """The collected examples as a second dataset input: the table, its version and the window read."""
     window = f"written_at in [{collected.since:.3f}, {collected.until:.3f})"
+    if collected.feedback_until is not None:
+        window += f", feedback_ts <= {collected.feedback_until:.3f}"
     chosen = collected.selection
     dataset = mlflow.data.from_pandas(rows, name="examples-table", targets="label")
     mlflow.log_input(dataset, context="training", tags={

@@ -65,6 +65,8 @@ class Observer:
         self.drift: Literal["starting", "on", "off", "failed"] = "starting"
         self._queue: queue.Queue[_Window | _NewReference | None] = queue.Queue(maxsize=64)
         self._last_alert = -float("inf")
+        # Feedback times of the events in the current drift window: an alert names the window by them.
+        self._window_times = (float("inf"), -float("inf"))
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="feedback-observer", daemon=True)
         self._thread.start()
@@ -115,6 +117,7 @@ class Observer:
                     # Replaced even when the new one cannot be made (None): the old reference no longer fits.
                     self.version = item.version
                     self._monitor = self._make_monitor(item.reference)
+                    self._window_times = (float("inf"), -float("inf"))
                     continue
                 if self._monitor is not None:
                     self._drift(item.examples)
@@ -147,16 +150,20 @@ class Observer:
             confidence=np.array([j.prediction.confidence for j in usable]),
             users=[j.prediction.user for j in usable],
             correct=np.array([j.prediction.intent == j.feedback.label for j in usable]))
+        first, last = self._window_times
+        times = [j.feedback.ts for j in usable]
+        self._window_times = (min(first, *times), max(last, *times))
         now = time.time()
         if not monitor.due(now):
             return
+        window_times, self._window_times = self._window_times, (float("inf"), -float("inf"))
         result = monitor.run(now)
         self.last = result
         self.outcomes["drift_windows"] += 1
         self._log_to_mlflow(result)
         if result.alert:
             self.outcomes["alerts"] += 1
-            self._alert(result, now)
+            self._alert(result, now, window_times)
 
     def _log_to_mlflow(self, result: DriftResult) -> None:
         import mlflow
@@ -181,7 +188,9 @@ class Observer:
             log.warning("drift window %d not logged to MLflow: %s", result.window, exc)
             self.outcomes["log_failed"] += 1
 
-    def _alert(self, result: DriftResult, now: float) -> None:
+    def _alert(self, result: DriftResult, now: float, window_times: tuple[float, float]) -> None:
+        """Emit the drift event; its payload names the window by the feedback times of its events, and the
+        on-drift retrain reads the collected examples up to the window's end (`window_to`)."""
         cooldown = self.settings.drift_alert_cooldown_s
         if now - self._last_alert < cooldown:
             log.info("drift alert within %.0f s of the last one: no second retrain", cooldown)
@@ -196,7 +205,8 @@ class Observer:
         emit_drift_detected(self.settings.model_name, {
             "window": result.window, "drift_share": result.drift_share, "accuracy": result.accuracy,
             "baseline_accuracy": result.baseline_accuracy, "drifted_columns": list(result.drifted_columns),
-            "base_version": self.version, "snapshot_id": result.snapshot_id})
+            "base_version": self.version, "snapshot_id": result.snapshot_id,
+            "window_from": window_times[0], "window_to": window_times[1]})
         self._last_alert = now
         self.outcomes["events_emitted"] += 1
         log.warning("emitted loopline.drift.detected for drift window %d", result.window)

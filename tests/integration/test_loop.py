@@ -11,6 +11,7 @@ import os
 import random
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,6 +182,8 @@ def test_new_phrasing_is_learned_flagged_as_drift_and_triggers_a_retrain(
         payload = emitted()[0]["payload"]
         assert payload["drift_share"] >= 0.3 and payload["accuracy"] < payload["baseline_accuracy"] - 0.05
         assert payload["base_version"] == base
+        # The window is named by its events' feedback times: the on-drift retrain reads up to its end.
+        assert time.time() - 600 < payload["window_from"] <= payload["window_to"] <= time.time() + 5
 
         runs = mlflow.search_runs(experiment_names=["loopline-drift"], output_format="pandas")
         assert (runs["tags.alert"] == "True").any() and (runs["metrics.drift_share"] >= 0.3).any()

@@ -85,3 +85,9 @@ def test_a_retrain_learns_collected_examples_and_a_well_supported_new_intent(
 
     third = train_flow(TrainConfig(from_champion=True, **TINY))
     assert "make_toast" in third.classes, "the next retrain reads the table from where the last one started"
+
+    # An on-drift run reads up to the end of the drifted window: feedback that came later is not read.
+    before = min(float(r["feedback_ts"]) for r in rows) - 1  # type: ignore[arg-type]
+    fourth = train_flow(TrainConfig(from_champion=True, collected_feedback_until=before, **TINY))
+    assert "make_toast" not in fourth.classes
+    assert Registry(settings).get(fourth.version).tags["collected_rows"] == "0"
