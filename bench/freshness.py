@@ -641,19 +641,19 @@ def synthetic_records(pool: Pool, rate: float, seconds: float, delay: float, t0:
 
 def profile_service(shared: Shared, rate: float, interval: float, args: argparse.Namespace) -> dict[str, Any]:
     """`args.profile_seconds` of event time at `rate` through a FeedbackService in this process, as its
-    loop drives it (a tick after every 1,000 records or 0.1 s, a checkpoint every checkpoint interval of
-    event time), the clock keeping up with event time; CPU per stage. Not included: the Kafka consumer
-    (librdkafka threads, message objects) and the observer thread (drift, Feast pushes)."""
+    loop drives it (the records of up to 1,000 or 0.1 s as one batch, then a tick; a checkpoint every
+    checkpoint interval of event time), the clock keeping up with event time; CPU per stage. Not included:
+    the Kafka consumer (librdkafka threads, message objects) and the observer thread (drift)."""
     from models.serving_head import ServingHead
-    from services.feedback import intake
+    from services.feedback import decode
     from services.feedback.checkpoint import CheckpointStore
     from services.feedback.join import JoinStore
     from services.feedback.service import FeedbackService, tune_gc
     from services.feedback.settings import FeedbackSettings
 
     undo = "  undo point / restore / delta"
-    in_process = [(intake, "parse_prediction", "intake: parse prediction"),
-                  (intake, "parse_feedback", "intake: parse feedback"),
+    in_process = [(decode, "decode_predictions", "decode predictions (a batch at a time)"),
+                  (decode, "decode_feedback", "decode feedback"),
                   (JoinStore, "add_prediction", "join: add"), (JoinStore, "add_feedback", "join: add")]
     in_tick = [(JoinStore, "first_key_time", "join: first_key_time (scans every joined example, every tick)"),
                (JoinStore, "release", "join: release (sorts the joined examples)"),
@@ -683,12 +683,15 @@ def profile_service(shared: Shared, rate: float, interval: float, args: argparse
             cpu: defaultdict[str, float] = defaultdict(float)
             last_tick = last_checkpoint = float(t0)
             feedback = 0
-            for n, record in enumerate(synthetic_records(pool, rate, seconds, args.feedback_delay, t0)):
-                start = time.thread_time()
-                service.process(record, record.ts)
-                cpu["process"] += time.thread_time() - start
+            batch: list[Any] = []  # what one poll returns: the records since the last tick, up to 1,000
+            for record in synthetic_records(pool, rate, seconds, args.feedback_delay, t0):
+                batch.append(record)
                 feedback += record.topic == FEEDBACK
-                if n % 1000 == 999 or record.ts - last_tick >= 0.1:
+                if len(batch) == 1000 or record.ts - last_tick >= 0.1:
+                    start = time.thread_time()
+                    service.process_batch(batch, record.ts)
+                    cpu["process"] += time.thread_time() - start
+                    batch = []
                     start = time.thread_time()
                     service.tick(record.ts)
                     service.take_letters()
@@ -711,7 +714,8 @@ def profile_service(shared: Shared, rate: float, interval: float, args: argparse
         return {label: timer.cpu[label] for label in dict.fromkeys(label for _, _, label in group)}
 
     rows = stages(in_process)
-    rows["process(): the rest (watermark, counters, offsets)"] = cpu["process"] - sum(rows.values())
+    rest = "process_batch(): the rest (watermark, counters, offsets, join dispatch)"
+    rows[rest] = cpu["process"] - sum(rows.values())
     tick = stages(in_tick)
     rows |= tick | stages(in_window)
     rows["tick(): the rest (windows loop, dead letters)"] = cpu["tick"] - sum(tick.values())

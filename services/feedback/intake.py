@@ -1,4 +1,4 @@
-"""From Kafka records to join-store inputs, or to dead letters that say exactly why not.
+"""Consumed records, dead letters that say exactly why a record was not used, and the clock check.
 
 Dead letters carry the original bytes (base64) and an event id derived from where the
 record was (topic, partition, offset, reason), so a replay after a restart produces
@@ -11,18 +11,8 @@ import base64
 import hashlib
 from dataclasses import dataclass
 
-import numpy as np
-from pydantic import Field, ValidationError
-
-from services.common.events import FEEDBACK, PREDICTIONS, DeadLetter, FeedbackEvent, PredictionEvent
-from services.feedback.join import Rejected, StoredFeedback, StoredPrediction
-
-
-class ReceivedFeedback(FeedbackEvent):
-    """A feedback event as consumed: its `event_id` must be there. A default made up on reading would
-    differ in every replay, and duplicates and the held-back share are decided by it."""
-
-    event_id: str = Field(min_length=1, max_length=128)
+from services.common.events import FEEDBACK, DeadLetter
+from services.feedback.join import Rejected
 
 
 @dataclass(frozen=True)
@@ -50,27 +40,6 @@ def rejected_letter(rejected: Rejected) -> DeadLetter:
                        rejected.detail, f.label)
 
 
-def _schema_problem(record: Record, exc: ValidationError) -> DeadLetter:
-    errors = exc.errors()
-    if any(e["type"] == "json_invalid" for e in errors):
-        return dead_letter(record, "invalid_json", errors[0]["msg"])
-    detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in errors[:5])
-    return dead_letter(record, "wrong_schema", detail)
-
-
-def parse_feedback(record: Record, max_bytes: int) -> StoredFeedback | DeadLetter:
-    """Any label passes here: feedback naming an intent the model lacks is joined and kept in the examples
-    table (the next retrain may learn it); the service dead-letters it for online learning after the join."""
-    if len(record.value) > max_bytes:
-        return dead_letter(record, "too_large", f"{len(record.value)} bytes, the limit is {max_bytes}")
-    try:
-        event = ReceivedFeedback.model_validate_json(record.value)
-    except ValidationError as exc:
-        return _schema_problem(record, exc)
-    return StoredFeedback(event.event_id, event.prediction_id, event.label, record.ts, record.partition,
-                          record.offset, record.key, record.value)
-
-
 def far_future(record: Record, now: float, max_skew_s: float) -> DeadLetter | None:
     """A dead letter for a record stamped more than `max_skew_s` ahead of the clock `now`, else None.
 
@@ -86,39 +55,3 @@ def far_future(record: Record, now: float, max_skew_s: float) -> DeadLetter | No
         return None
     return dead_letter(record, "far_future", f"record timestamp {record.ts:.3f} is {record.ts - now:.0f} s ahead "
                        f"of the service's clock (LOOPLINE_MAX_CLOCK_SKEW_S is {max_skew_s:g})")
-
-
-def parse_prediction(record: Record, sparse_dim: int, dense_dim: int, max_bytes: int
-                     ) -> StoredPrediction | DeadLetter:
-    if len(record.value) > max_bytes:
-        return dead_letter(record, "too_large", f"{len(record.value)} bytes, the limit is {max_bytes}")
-    try:
-        event = PredictionEvent.model_validate_json(record.value)
-    except ValidationError as exc:
-        return _schema_problem(record, exc)
-    try:
-        indices, values, embedding = event.features.arrays()
-    except ValueError as exc:
-        return dead_letter(record, "wrong_schema", str(exc))
-    # Sums are finite only if every term is (or overflow, which is no input to learn from either).
-    if not (np.isfinite(values.sum()) and (embedding is None or np.isfinite(embedding.sum()))):
-        return dead_letter(record, "wrong_schema", "features.values or features.embedding are not all finite")
-    if len(indices) and not (indices.min() >= 0 and indices.max() < sparse_dim):
-        return dead_letter(record, "wrong_schema", f"features.indices outside 0..{sparse_dim - 1}")
-    if dense_dim and (embedding is None or len(embedding) != dense_dim):
-        return dead_letter(record, "wrong_schema", f"features.embedding must have {dense_dim} values")
-    return StoredPrediction(
-        event.prediction_id, record.ts, event.model_version, event.user_id, event.text, event.intent,
-        max(event.probabilities.values(), default=0.0), indices.astype(np.int64), values, embedding,
-        event.user)
-
-
-def parse(record: Record, sparse_dim: int, dense_dim: int, max_bytes: int, max_prediction_bytes: int
-          ) -> StoredPrediction | StoredFeedback | DeadLetter:
-    """`max_bytes` limits feedback events, `max_prediction_bytes` prediction events (which carry features)."""
-    if record.topic == PREDICTIONS:
-        return parse_prediction(record, sparse_dim, dense_dim, max_prediction_bytes)
-    if record.topic == FEEDBACK:
-        return parse_feedback(record, max_bytes)
-    return dead_letter(record, "wrong_schema", f"unexpected topic {record.topic}")
-

@@ -40,7 +40,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,9 +61,10 @@ from services.common.examples import COLLECTED_THROUGH_TAG, ExamplesTable
 from services.common.registry import bound_registry_requests
 from services.feedback.checkpoint import Checkpoint, CheckpointStore
 from services.feedback.collect import Collector
+from services.feedback.decode import decode_batch
 from services.feedback.guard import GuardSettings, PromotionGuard
 from services.feedback.history import decode, published_deltas, same_delta, sync_delta
-from services.feedback.intake import Record, far_future, parse, rejected_letter
+from services.feedback.intake import Record, far_future, rejected_letter
 from services.feedback.join import (
     Joined,
     JoinSettings,
@@ -259,27 +260,34 @@ class FeedbackService:
     # -- processing (no I/O: testable without a broker) -----------------------------------------
 
     def process(self, record: Record, now: float) -> None:
-        """Take one record: into the join store, or to the dead letters."""
-        self.stats.records[record.topic] += 1
-        self.offsets[f"{record.topic}:{record.partition}"] = record.offset + 1
-        # Before the watermark sees it: event time stamped years ahead would expire everything pending.
-        ahead = far_future(record, now, self.settings.max_clock_skew_s)
-        if ahead is not None:
-            self._dead(ahead)
-            return
-        self.watermark.observe((record.topic, record.partition), record.ts, now)
+        """Take one record (see `process_batch`)."""
+        self.process_batch([record], now)
+
+    def process_batch(self, records: Sequence[Record], now: float) -> None:
+        """Take a poll's records, in order: each into the join store, or to the dead letters. They are decoded
+        together (services/feedback/decode.py); what each one does is as if it came alone."""
         model = self.learner.model
-        item = parse(record, model.sparse_dim, model.dense_dim, self.settings.max_event_bytes,
-                     self.settings.max_prediction_bytes)
-        if isinstance(item, DeadLetter):
-            self._dead(item)
-        elif isinstance(item, StoredFeedback):
-            rejected = self.store.add_feedback(item)
-            if rejected is not None:
-                self._dead(rejected_letter(self._unknown_label_first(rejected)))
-        else:
-            self._notice_version(item)
-            self.store.add_prediction(item)
+        items = decode_batch(records, model.sparse_dim, model.dense_dim, self.settings.max_event_bytes,
+                             self.settings.max_prediction_bytes)
+        records_seen, offsets, skew = self.stats.records, self.offsets, self.settings.max_clock_skew_s
+        for record, item in zip(records, items, strict=True):
+            records_seen[record.topic] += 1
+            offsets[f"{record.topic}:{record.partition}"] = record.offset + 1
+            # Before the watermark sees it: event time stamped years ahead would expire everything pending.
+            ahead = far_future(record, now, skew)
+            if ahead is not None:
+                self._dead(ahead)
+                continue
+            self.watermark.observe((record.topic, record.partition), record.ts, now)
+            if isinstance(item, DeadLetter):
+                self._dead(item)
+            elif isinstance(item, StoredFeedback):
+                rejected = self.store.add_feedback(item)
+                if rejected is not None:
+                    self._dead(rejected_letter(self._unknown_label_first(rejected)))
+            else:
+                self._notice_version(item)
+                self.store.add_prediction(item)
 
     def _unknown_label_first(self, rejected: Rejected) -> Rejected:
         """Feedback the join refused that also names an intent the model lacks: the label is what its sender
@@ -445,10 +453,9 @@ class FeedbackService:
         next_champion_check = 0.0 if self.registrar is not None else math.inf
         try:
             while not stop.is_set():
-                for message in consumer.consume(num_messages=1000, timeout=0.1):
-                    record = _record(message)
-                    if record is not None:
-                        self.process(record, time.time())
+                records = [r for m in consumer.consume(num_messages=1000, timeout=0.1) if (r := _record(m))]
+                if records:
+                    self.process_batch(records, time.time())
                 self._pace(consumer, time.time())
                 if self.check_champion_now or time.monotonic() >= next_champion_check:
                     next_champion_check = time.monotonic() + self.settings.champion_check_s

@@ -228,7 +228,7 @@ def test_predictions_with_unusable_features_are_dead_lettered_with_what_is_wrong
         return json.dumps({**good, "features": {**good["features"], **features}}).encode()
 
     cases = {
-        "not base64": broken(embedding="not base64!"),
+        "Invalid base64": broken(embedding="not base64!"),
         "whole 4-byte values": broken(embedding=base64.b64encode(b"\0" * 6).decode()),
         f"must have {dim} values": broken(embedding=base64.b64encode(np.zeros(dim - 1, "<f4").tobytes()).decode()),
         "not all finite": broken(embedding=base64.b64encode(np.full(dim, np.nan, "<f4").tobytes()).decode()),
