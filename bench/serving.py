@@ -5,21 +5,26 @@ packaged all-MiniLM-L6-v2 exported to ONNX, fused and quantized to INT8 (default
 `QuantizeConfig`), plus an FTRL head trained (models.train) on torch FP32 embeddings
 and hashed features of a generated `stable` stream (`--events`), tokenizer and
 manifest in one bundle folder. Requests are single texts from a held-out generated
-stream (another seed), sent without a user id.
+stream (another seed), each with the user id of the generated user who sent it: as
+in production, every answer starts with a read of that user's features from Feast's
+online store (materialized here for each server from the generated user table).
 
 Rows, for each concurrency level c (1, 8, 32):
 
-- floor: `models.predict.Predictor(bundle)` in this process, no HTTP: features +
-  ONNX Runtime encoder + head on batches of c texts (batch 1 at c=1). p50/p99 are per
-  call (one call answers c texts); req/s is texts per second.
+- floor: `models.predict.Predictor(bundle)` in this process, no HTTP: the same Feast
+  read per text as serving does (`online_user_features` on the store's SQLite online
+  store), then features + ONNX Runtime encoder + head on batches of c texts (batch 1
+  at c=1). p50/p99 are per call (one call answers c texts); req/s is texts per second.
+  The Feast reads' own time is reported beside it.
 - serving (max_wait_ms=W): the real service, `loopline serve` in its own process with
   LOOPLINE_BUNDLE, dynamic batching (LOOPLINE_MAX_BATCH, LOOPLINE_MAX_WAIT_MS=W) and
   its prediction log sending every prediction to the embedded Tansu broker: c clients
   each POST /v1/predict {"text"} over a keep-alive connection as soon as the previous
   answer arrived; p50/p99 per request, req/s of successful requests.
 - naive: a plain FastAPI app under uvicorn (one worker, its own process), one sync
-  `def` endpoint that runs torch FP32 `Encoder.encode([text])`, featurize and the same
-  head per request: no batching, no ONNX. Same load as serving.
+  `def` endpoint that reads the user's features from Feast as serving does, then runs
+  torch FP32 `Encoder.encode([text])`, featurize and the same head per request: no
+  batching, no ONNX. Same load as serving.
 
 ORT intra-op threads (serving, floor) = torch threads (naive) = `--threads`. The load
 generator is this process: uvloop, raw keep-alive HTTP/1.1, about 0.15 ms of CPU per
@@ -63,6 +68,7 @@ import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +97,7 @@ from models.train import HeadConfig, featurize, train_head, user_records
 
 console = Console(width=shutil.get_terminal_size((200, 40)).columns)  # wide tables unwrapped in logs
 FLOOR, NAIVE = "floor", "naive"
+FLOOR_STATE, NAIVE_STATE = "floor-state", "naive-state"  # their Feast stores
 PREDICT = "/v1/predict"
 CLASSES = frozenset(INTENTS)
 START_TIMEOUT = 180.0  # seconds for a server to import, verify the bundle and load the model
@@ -149,15 +156,51 @@ def request_texts(n: int, seed: int) -> list[str]:
     return list(generate(TrafficConfig(n_events=n, seed=seed + 1)).events["text"])
 
 
+def request_users(n: int, seed: int) -> list[str]:
+    """Who sent each of `request_texts(n, seed)`: users of the training stream's user table."""
+    return [str(u) for u in generate(TrafficConfig(n_events=n, seed=seed + 1, user_seed=seed)).events["user_id"]]
+
+
+def materialize_users(state_dir: Path, n_events: int, seed: int) -> Path:
+    """A Feast store in `state_dir/feast` holding the training stream's users online, as the train flow
+    leaves it for serving."""
+    from services.common.features import materialize, open_store
+
+    users = generate(TrafficConfig(n_events=n_events, seed=seed)).users
+    folder = state_dir / "feast"
+    materialize(open_store(folder, users), datetime.now(UTC), full=True)
+    return folder
+
+
+class UserReader:
+    """Serving's read of one user's online features (`Service.user_features`), timed."""
+
+    def __init__(self, feast_dir: Path) -> None:
+        from services.common.features import open_store
+
+        self.store = open_store(feast_dir, apply=False)
+        self.seconds: list[float] = []
+
+    def __call__(self, user_id: str) -> dict[str, Any] | None:
+        from services.common.features import online_user_features, user_fields
+
+        start = time.perf_counter()
+        features = user_fields(online_user_features(self.store, [user_id])[0])
+        self.seconds.append(time.perf_counter() - start)
+        return features
+
+
 # -- the naive baseline (runs in its own process: `--naive-server`) --------------------------
 
 
 class NaiveQuery(BaseModel):
     text: str
+    user_id: str | None = None
 
 
-def naive_app(bundle: Path, threads: int) -> Any:
-    """FastAPI + torch FP32 as one would write it by hand: one sync endpoint, one text per call."""
+def naive_app(bundle: Path, threads: int, feast_dir: Path) -> Any:
+    """FastAPI + torch FP32 as one would write it by hand: one sync endpoint, one text per call, the user's
+    features read from Feast."""
     from fastapi import FastAPI
 
     torch.set_num_threads(threads)
@@ -167,10 +210,12 @@ def naive_app(bundle: Path, threads: int) -> Any:
     if head.dense_dim != encoder.dim or tuple(head.classes) != manifest.classes:
         raise BundleError(f"{bundle}: the head does not fit the packaged encoder")
     app = FastAPI(title="naive baseline")
+    read_user = UserReader(feast_dir)
 
     @app.post(PREDICT)
     def predict(query: NaiveQuery) -> dict[str, Any]:
-        batch = featurize([query.text], encoder.encode([query.text]), manifest.spec)
+        users = [read_user(query.user_id) if query.user_id else None]
+        batch = featurize([query.text], encoder.encode([query.text]), manifest.spec, users)
         proba = head.predict_proba_many(batch)[0]
         best = int(proba.argmax())
         return {"intent": head.classes[best], "probability": float(proba[best])}
@@ -182,10 +227,10 @@ def naive_app(bundle: Path, threads: int) -> Any:
     return app
 
 
-def run_naive_server(bundle: Path, port: int, threads: int) -> None:
+def run_naive_server(bundle: Path, port: int, threads: int, feast_dir: Path) -> None:
     import uvicorn
 
-    uvicorn.run(naive_app(bundle, threads), host=HOST, port=port, log_level="warning")
+    uvicorn.run(naive_app(bundle, threads, feast_dir), host=HOST, port=port, log_level="warning")
 
 
 # -- servers ------------------------------------------------------------------------------
@@ -207,6 +252,7 @@ def ready(url: str) -> bool:
 def start_serving(work: Path, bundle: Path, broker: str, max_wait_ms: float, args: argparse.Namespace
                   ) -> ManagedProcess:
     port, name = free_port(), f"serving-wait{max_wait_ms:g}"
+    materialize_users(work / name, args.events, args.seed)
     env = server_env(args.threads, bundle=str(bundle), port=str(port), state_dir=str(work / name),
                      ort_threads=str(args.threads), max_batch=str(args.max_batch), max_wait_ms=str(max_wait_ms),
                      kafka_bootstrap_servers=broker)
@@ -215,10 +261,11 @@ def start_serving(work: Path, bundle: Path, broker: str, max_wait_ms: float, arg
     return proc.start_healthy(lambda: ready(proc.url), START_TIMEOUT)
 
 
-def start_naive(work: Path, bundle: Path, threads: int) -> ManagedProcess:
-    port = free_port()
+def start_naive(work: Path, bundle: Path, args: argparse.Namespace) -> ManagedProcess:
+    port, threads = free_port(), args.threads
+    feast_dir = materialize_users(work / NAIVE_STATE, args.events, args.seed)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--naive-server", "--bundle", str(bundle),
-           "--port", str(port), "--threads", str(threads)]
+           "--port", str(port), "--threads", str(threads), "--feast", str(feast_dir)]
     proc = ManagedProcess(NAIVE, cmd, work / "logs", env=server_env(threads), url=f"http://{HOST}:{port}")
     return proc.start_healthy(lambda: ready(proc.url), START_TIMEOUT)
 
@@ -289,8 +336,8 @@ class Connection:
         self.reader = self.writer = None
 
 
-def http_request(text: str) -> bytes:
-    body = json.dumps({"text": text}).encode()
+def http_request(text: str, user_id: str | None = None) -> bytes:
+    body = json.dumps({"text": text} if user_id is None else {"text": text, "user_id": user_id}).encode()
     return (f"POST {PREDICT} HTTP/1.1\r\nhost: {HOST}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\n\r\n").encode() + body
 
@@ -351,6 +398,7 @@ class Run:
     agree: int  # answers with the floor's intent for the same text
     server_cpu_s: float  # the server group's CPU (floor: this process's)
     client_cpu_s: float
+    feast_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))  # floor: each Feast read's own time
 
     @property
     def rate(self) -> float:
@@ -362,7 +410,9 @@ class Run:
                 "answered": self.answered, "failures": self.failures,
                 "agree_with_floor": self.agree / max(self.answered, 1),
                 "server_cpu_ms_per_req": 1e3 * self.server_cpu_s / max(self.answered, 1),
-                "client_cpu_us_per_req": 1e6 * self.client_cpu_s / max(self.answered, 1)}
+                "client_cpu_us_per_req": 1e6 * self.client_cpu_s / max(self.answered, 1),
+                **({"feast_read_p50_ms": float(np.median(self.feast_ms)),
+                    "feast_read_p99_ms": float(np.percentile(self.feast_ms, 99))} if len(self.feast_ms) else {})}
 
 
 @dataclass
@@ -401,27 +451,31 @@ def run_loop(coro: Coroutine[Any, Any, Run]) -> Run:
     return uvloop.run(coro)
 
 
-def measure_floor(predictor: Predictor, texts: list[str], expected: list[str], batch: int, count: int,
-                  on_done: Callable[[int], object]) -> Run:
+def measure_floor(predictor: Predictor, read_user: UserReader, texts: list[str], users: list[str],
+                  expected: list[str], batch: int, count: int, on_done: Callable[[int], object]) -> Run:
     for _ in range(3):  # warm-up: first calls allocate ORT buffers for the shape
-        predictor.predict_proba(texts[-batch:])
+        predictor.predict_proba(texts[-batch:], [read_user(u) for u in users[-batch:]])
+    read_user.seconds.clear()
     latencies, agree = [], 0
     cpu, start = time.process_time(), time.perf_counter()
     for first in range(0, count, batch):
         idx = [i % len(texts) for i in range(first, min(first + batch, count))]
         t0 = time.perf_counter()
-        proba = predictor.predict_proba([texts[i] for i in idx])
+        features = [read_user(users[i]) for i in idx]  # one read per request, as serving reads them
+        proba = predictor.predict_proba([texts[i] for i in idx], features)
         latencies.append(time.perf_counter() - t0)
         agree += sum(predictor.classes[p] == expected[i] for p, i in zip(proba.argmax(axis=1), idx, strict=True))
         on_done(len(idx))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return Run(np.array(latencies) * 1e3, seconds, count, {}, agree, cpu, cpu)
+    return Run(np.array(latencies) * 1e3, seconds, count, {}, agree, cpu, cpu,
+               np.array(read_user.seconds) * 1e3)
 
 
-def measure_all(systems: list[System], predictor: Predictor, texts: list[str], args: argparse.Namespace) -> None:
+def measure_all(systems: list[System], predictor: Predictor, read_user: UserReader, texts: list[str],
+                users: list[str], args: argparse.Namespace) -> None:
     """Rounds of every level; at each level the systems take turns, in an order that rotates per round."""
-    requests = [http_request(t) for t in texts]
-    expected = predictor.predict(texts)  # the floor's answers, to count agreement
+    requests = [http_request(t, u) for t, u in zip(texts, users, strict=True)]
+    expected = predictor.predict(texts, [read_user(u) for u in users])  # the floor's answers, for agreement
     with progress_bar() as bar:
         overall = bar.add_task("all measurements", total=args.rounds * len(args.concurrency) * len(systems))
         for r in range(args.rounds):
@@ -431,7 +485,7 @@ def measure_all(systems: list[System], predictor: Predictor, texts: list[str], a
                     task = bar.add_task(f"round {r + 1}/{args.rounds}, c={c}: {system.name}", total=args.requests)
                     done = functools.partial(bar.advance, task)
                     if system.proc is None:
-                        run = measure_floor(predictor, texts, expected, c, args.requests, done)
+                        run = measure_floor(predictor, read_user, texts, users, expected, c, args.requests, done)
                     else:
                         run = measure_http(system.proc, requests, expected, c, args.requests, args.warmup, done)
                     system.runs[c].append(run)
@@ -454,6 +508,8 @@ def summarize(system: System, c: int) -> dict[str, Any]:
            for k in ("p50_ms", "p99_ms", "req_s", "server_cpu_ms_per_req", "client_cpu_us_per_req")},
         "answered": answered, "failed": sum(failures.values()), "failures": dict(failures),
         "agree_with_floor": sum(run.agree for run in system.runs[c]) / max(answered, 1), "rounds": rounds,
+        **({k: statistics.median(r[k] for r in rounds) for k in ("feast_read_p50_ms", "feast_read_p99_ms")}
+           if system.proc is None else {}),
     }
 
 
@@ -503,6 +559,10 @@ def print_table(results: dict[str, dict[int, dict[str, Any]]], args: argparse.Na
         table.add_section()
     console.print(table)
     console.print("floor rows: p50/p99 per call of c texts, req/s = texts/s; its CPU column is this process's.")
+    for c in args.concurrency:
+        floor = results[FLOOR][c]
+        console.print(f"Feast online read inside the floor at c={c}: p50 {floor['feast_read_p50_ms']:.2f} ms, "
+                      f"p99 {floor['feast_read_p99_ms']:.2f} ms per user (one read per request)")
 
 
 def report(results: dict[str, dict[int, dict[str, Any]]], verdicts: list[dict[str, Any]],
@@ -559,6 +619,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--naive-server", action="store_true", help=argparse.SUPPRESS)  # the benchmark starts it
     parser.add_argument("--bundle", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--feast", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.requests, args.rounds, args.warmup, args.events, args.texts = 200, 1, 32, 1_000, 500
@@ -568,12 +629,12 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     if args.naive_server:
-        run_naive_server(args.bundle, args.port, args.threads)
+        run_naive_server(args.bundle, args.port, args.threads, args.feast)
         return
     started, load_before = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
     with workspace(args.work, "serving") as work, contextlib.ExitStack() as stack:
         bundle = ensure_bundle(work / "bundle", args.events, args.seed)
-        texts = request_texts(args.texts, args.seed)
+        texts, users = request_texts(args.texts, args.seed), request_users(args.texts, args.seed)
         # kafka-python logs every refused connection of the broker's health probe while it boots.
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
         with console.status("starting the broker and the servers"):
@@ -584,11 +645,12 @@ def main() -> None:
                 proc = start_serving(work, bundle, broker.url, wait, args)
                 stack.callback(proc.stop)
                 serving.append(System(f"serving (max_wait_ms={wait:g})", proc, wait))
-            naive = start_naive(work, bundle, args.threads)
+            naive = start_naive(work, bundle, args)
             stack.callback(naive.stop)
         floor = System(FLOOR)
         systems = [floor, *serving, System(NAIVE, naive)]
-        measure_all(systems, Predictor(bundle, threads=args.threads), texts, args)
+        read_user = UserReader(materialize_users(work / FLOOR_STATE, args.events, args.seed))
+        measure_all(systems, Predictor(bundle, threads=args.threads), read_user, texts, users, args)
         with console.status("waiting for the prediction logs to account for every prediction"):
             logs = {s.name: prediction_log(s.proc.url) for s in serving if s.proc is not None}
     results = {s.name: {c: summarize(s, c) for c in args.concurrency} for s in systems}
