@@ -124,6 +124,9 @@ console = Console(width=shutil.get_terminal_size((200, 40)).columns)  # wide tab
 
 START_TIMEOUT = 180.0  # seconds for serving / the feedback service to import, download and load
 TARGET_INTERVAL, TARGET_P95_S = 1.0, 2.0  # p95 freshness within 2 s at update_interval=1
+# Scheduled registry versions stay on, as in production, but every 30 s of event time (the default is 300 s):
+# a 60-s measured period then holds at least one registration, the pause it may cause included.
+REGISTRY_INTERVAL_S = 30
 CHAMPION = 1  # the bundle is the first version of a fresh registered model
 PRODUCER_CONFIG: dict[str, Any] = {
     "acks": "all", "enable.idempotence": False,
@@ -907,17 +910,46 @@ def run_once(shared: Shared, rate: float, interval: float, round_no: int, args: 
     joins = join_counts(run_dir / "feedback-state")
     loads = {key: json.loads(Path(plan.out).read_text()) if Path(plan.out).exists() else {}
              for key, plan in plans.items()}
+    # Every feedback event the broker took, plus wait_consuming's one.
+    produced = 1 + sum(load.get("feedback", 0) - load.get("failed", {}).get(FEEDBACK, 0) for load in loads.values())
+    accounting = account(run_dir / "feedback-state", produced,
+                         labelled(end.metrics, "loopline_feedback_dead_letters_total"))
     seen = dict(poller.seen)
     for version, t in loads["predict-load"].get("seen", {}).items():
         seen[version] = min(seen.get(version, math.inf), t)
     result = analyze(rate, interval, held_back, updates, seen, loads, marks, end, series)
-    result.update({"round": round_no, "drained": drained, "join_counts": joins, "broker_rss_gb": broker_rss / 1e9,
+    result.update({"round": round_no, "drained": drained, "join_counts": joins, "accounting": accounting,
+                   "broker_rss_gb": broker_rss / 1e9,
                    "serving_model_updates": serving_updates, "polls": poller.polls,
                    "poll_errors": poller.errors, "log_tails": logs})
     return result
 
 
 # -- analysis -----------------------------------------------------------------------------
+
+# Dead letters of judged feedback that the examples table also keeps as a row (withheld or unknown label).
+KEPT_LETTERS = {"untrusted_user", "repeated_correction", "stale_model", "unknown_label"}
+# Reasons this load can rightly produce: per-user trust withholding (the pool comes round again), a window's
+# stale model. `unmatched` for feedback whose prediction was produced is a lost event.
+EXPECTED_LETTERS = {"untrusted_user", "repeated_correction", "stale_model"}
+
+
+def account(state_dir: Path, produced: int, letters: dict[str, float]) -> dict[str, Any]:
+    """Every feedback event produced, found again: as a row of the examples table (learned, held back,
+    withheld) or as a dead letter with a reason this load can produce. The rest, and every `unmatched`
+    letter, is lost."""
+    from services.common.examples import ExamplesTable
+
+    rows = ExamplesTable(str((state_dir / "examples").resolve())).read()
+    verdicts = Counter(rows["verdict"])
+    distinct = int(rows["event_id"].nunique())
+    letters = {k: int(v) for k, v in letters.items() if v}
+    without_row = sum(n for reason, n in letters.items() if reason not in KEPT_LETTERS)
+    lost = max(produced - distinct - without_row, 0) + letters.get("unmatched", 0)
+    return {"produced": produced, "rows": distinct, "duplicate_rows": len(rows) - distinct,
+            "verdicts": dict(verdicts), "dead_letters": letters, "lost": lost,
+            "unexpected_letters": {k: n for k, n in letters.items() if k not in EXPECTED_LETTERS}}
+
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -1006,6 +1038,9 @@ def analyze(rate: float, interval: float, held_back: Callable[[str], bool], upda
     def rate_of(name: str, **labels: str) -> float:
         return (metric(b.metrics, name, **labels) - metric(a.metrics, name, **labels)) / seconds
 
+    registered = {o: int(metric(b.metrics, "loopline_feedback_registrations_total", outcome=o)
+                         - metric(a.metrics, "loopline_feedback_registrations_total", outcome=o))
+                  for o in ("promoted", "kept", "failed", "dropped")}
     windows = {d: int(metric(end.metrics, "loopline_feedback_windows_total", decision=d)
                       - metric(a.metrics, "loopline_feedback_windows_total", decision=d))
                for d in ("published", "rejected", "no_evidence", "empty")}
@@ -1031,6 +1066,7 @@ def analyze(rate: float, interval: float, held_back: Callable[[str], bool], upda
         "predict_failures": pred_load.get("failed", {}), "produce_failures": fb_load.get("failed", {}),
         "ack_after_produce_ms": {k: 1e3 * v for k, v in percentiles(acked).items()},
         "windows_from_measurement_to_end": windows,
+        "registrations_in_measured_period": registered,
         "windows_whole_run": {k: int(v) for k, v in labelled(end.metrics, "loopline_feedback_windows_total").items()},
         "dead_letters": {k: int(v) for k, v in labelled(end.metrics, "loopline_feedback_dead_letters_total").items()},
         "lag_records": {"max": max((s["lag_records"] for s in measured), default=float("nan")),
@@ -1061,8 +1097,16 @@ def summarize(runs: list[dict[str, Any]], rate: float, interval: float) -> dict[
     windows: Counter[str] = Counter()
     samples: Counter[str] = Counter()
     letters: Counter[str] = Counter()
-    late = joined = 0
+    registered: Counter[str] = Counter()
+    verdicts: Counter[str] = Counter()
+    unexpected: Counter[str] = Counter()
+    late = joined = produced = lost = 0
     for r in rows:
+        registered.update(r["registrations_in_measured_period"])
+        verdicts.update(r["accounting"]["verdicts"])
+        unexpected.update(r["accounting"]["unexpected_letters"])
+        produced += r["accounting"]["produced"]
+        lost += r["accounting"]["lost"]
         windows.update(r["windows_from_measurement_to_end"])
         samples.update(r["samples"])
         letters.update(r["dead_letters"])
@@ -1086,6 +1130,12 @@ def summarize(runs: list[dict[str, Any]], rate: float, interval: float) -> dict[
         "lag_records_at_end": med(lambda r: r["lag_records"]["at_end"]),
         "windows": dict(windows), "samples": dict(samples), "late_joins": late, "joins": joined,
         "dead_letters": dict(letters), "drained": all(r["drained"] for r in rows),
+        "registrations": dict(registered),
+        "fewest_registrations_in_a_period": min((r["registrations_in_measured_period"]["promoted"]
+                                                 + r["registrations_in_measured_period"]["kept"] for r in rows),
+                                                default=0),
+        "feedback_produced": produced, "feedback_lost": lost, "verdicts": dict(verdicts),
+        "unexpected_letters": dict(unexpected),
         # Kept up: at the end of the measured period less than 2 s of records (a prediction and a feedback
         # per event) were waiting, so the lag was not growing without bound.
         "kept_up": all(r["lag_records"]["at_end"] < 2 * 2 * r["rate"] for r in rows),
@@ -1096,27 +1146,32 @@ def summarize(runs: list[dict[str, Any]], rate: float, interval: float) -> dict[
 
 def print_table(summaries: list[dict[str, Any]], args: argparse.Namespace) -> None:
     table = Table(title=f"Freshness: feedback produced -> serving answers with the head that learned it; "
-                        f"medians of {args.rounds} round(s) x {args.duration:g} s measured, "
-                        f"+ {args.predict_rate:g} predict req/s")
-    for col in ("target feedback/s", "update interval", "p50 s", "p95 s", "p99 s", "after window end p50/p95 s",
+                        f"percentiles pooled over every sample of {args.rounds} round(s) x {args.duration:g} s "
+                        f"measured (other columns: medians of rounds), + {args.predict_rate:g} predict req/s")
+    for col in ("target feedback/s", "update interval", "p50 s", "p95 s", "p99 s", "samples",
+                "after window end p50/p95 s",
                 "window end -> delta on topic p50 s", "delta on topic -> serving p50/p95 s",
                 "feedback/s produced", "feedback/s consumed", "predictions/s consumed", "examples/s learned",
-                "predict req/s", "windows published/rejected", "lag at start/end (records)", "kept up", "late joins",
-                "dead letters"):
+                "predict req/s", "windows published/rejected", "registry versions in a measured period (fewest)",
+                "lag at start/end (records)", "kept up", "late joins", "feedback produced / lost", "dead letters"):
         table.add_column(col, justify="right")
     for s in summaries:
         w = s["windows"]
-        table.add_row(f"{s['rate']:,.0f}", f"{s['interval_s']:g} s", f"{s['p50_s']:.2f}", f"{s['p95_s']:.2f}",
-                      f"{s['p99_s']:.2f}", f"{s['after_window_end_p50_s']:.2f} / {s['after_window_end_p95_s']:.2f}",
+        pooled = s["pooled"]
+        table.add_row(f"{s['rate']:,.0f}", f"{s['interval_s']:g} s", f"{pooled['p50']:.2f}", f"{pooled['p95']:.2f}",
+                      f"{pooled['p99']:.2f}", f"{pooled['n']:,}",
+                      f"{s['after_window_end_p50_s']:.2f} / {s['after_window_end_p95_s']:.2f}",
                       f"{s['delta_on_topic_after_window_end_p50_s']:.2f}",
                       f"{s['serving_after_delta_p50_s']:.2f} / {s['serving_after_delta_p95_s']:.2f}",
                       f"{s['produced_feedback_per_s']:,.0f}", f"{s['consumed_feedback_per_s']:,.0f}",
                       f"{s['consumed_predictions_per_s']:,.0f}", f"{s['examples_per_s']:,.0f}",
                       f"{s['predict_req_per_s']:.1f}",
                       f"{w.get('published', 0)}/{w.get('rejected', 0)}",
+                      str(s["fewest_registrations_in_a_period"]),
                       f"{s['lag_records_at_start']:,.0f} / {s['lag_records_at_end']:,.0f}",
                       "yes" if s["kept_up"] else "no",
                       f"{s['late_joins']:,} of {s['joins']:,}",
+                      f"{s['feedback_produced']:,} / {s['feedback_lost']:,}",
                       ", ".join(f"{k} {v:,}" for k, v in s["dead_letters"].items()) or "none")
     console.print(table)
     cpu = Table(title="CPU during the measured period (cores of the 2; medians over rounds)")
@@ -1199,7 +1254,7 @@ def env_pair(text: str) -> tuple[str, str]:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rates", type=float, nargs="+", default=[5000.0, 1000.0, 250.0],
+    parser.add_argument("--rates", type=float, nargs="+", default=[5000.0, 1000.0],
                         help="target feedback events (and precomputed predictions) per second, one run set each")
     parser.add_argument("--intervals", type=float, nargs="+", default=[1.0, 5.0], help="LOOPLINE_UPDATE_INTERVAL_S")
     parser.add_argument("--predict-rate", type=float, default=25.0, help="POST /v1/predict per second")
@@ -1217,9 +1272,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=10_000, help="generated requests precomputed as events")
     parser.add_argument("--events", type=int, default=2_000, help="training events for the head (bench/serving.py)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--service-env", type=env_pair, nargs="*", default=[("LOOPLINE_REGISTRY_INTERVAL_S", "0")],
-                        help="extra LOOPLINE_*=value for `loopline feedback` (default: no scheduled registry "
-                             "versions, so every update in a run is a delta)")
+    parser.add_argument("--service-env", type=env_pair, nargs="*",
+                        default=[("LOOPLINE_REGISTRY_INTERVAL_S", str(REGISTRY_INTERVAL_S))],
+                        help="extra LOOPLINE_*=value for `loopline feedback` (default: a scheduled registry version "
+                             f"every {REGISTRY_INTERVAL_S} s of event time, so each measured period holds one)")
     parser.add_argument("--profile-seconds", type=float, default=20.0, help="event seconds of the in-process profile")
     parser.add_argument("--skip-profile", action="store_true", help="skip the in-process profile of the service")
     parser.add_argument("--skip-runs", action="store_true", help="only the profile (no broker, no servers)")
@@ -1308,13 +1364,20 @@ def report(runs: list[dict[str, Any]], failed: list[dict[str, Any]], profiles: l
         print_table(summaries, args)
         for s in summaries:
             if s["interval_s"] == TARGET_INTERVAL:
-                met = s["p95_s"] <= TARGET_P95_S and s["kept_up"]
+                p95 = s["pooled"]["p95"]
+                registered = s["fewest_registrations_in_a_period"] >= 1
+                met = p95 <= TARGET_P95_S and s["kept_up"] and s["feedback_lost"] == 0 and registered
                 verdicts.append({"target": f"p95 freshness <= {TARGET_P95_S:g} s at update_interval "
-                                           f"{TARGET_INTERVAL:g} s", "rate": s["rate"], "met": met,
-                                 "value": s["p95_s"], "kept_up": s["kept_up"]})
+                                           f"{TARGET_INTERVAL:g} s, nothing lost, a registry version in every "
+                                           "measured period", "rate": s["rate"], "met": met, "value": p95,
+                                 "kept_up": s["kept_up"], "lost": s["feedback_lost"], "registered": registered})
                 console.print(f"target p95 <= {TARGET_P95_S:g} s at update_interval {TARGET_INTERVAL:g} s, "
                               f"{s['rate']:,.0f} feedback/s: {'[green]met[/]' if met else '[red]not met[/]'} "
-                              f"({s['p95_s']:.2f} s; service {'kept up' if s['kept_up'] else 'fell behind'})")
+                              f"(pooled p95 {p95:.2f} s; service {'kept up' if s['kept_up'] else 'fell behind'}; "
+                              f"{s['feedback_lost']:,} of {s['feedback_produced']:,} feedback events lost; "
+                              f"fewest registry versions in a measured period: "
+                              f"{s['fewest_registrations_in_a_period']}; verdicts {s['verdicts']}; "
+                              f"unexpected dead letters {s['unexpected_letters'] or 'none'})")
         for s in summaries:
             console.print(f"{s['rate']:,.0f}/s, interval {s['interval_s']:g} s: samples {s['samples']}; pooled "
                           f"p50 {s['pooled']['p50']:.2f} p95 {s['pooled']['p95']:.2f} s; served-only p50/p95 "

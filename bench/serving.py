@@ -249,10 +249,13 @@ def ready(url: str) -> bool:
         return bool(response.status == 200)
 
 
+def serving_name(max_wait_ms: float) -> str:
+    return f"serving-wait{max_wait_ms:g}"  # its state folder (and its Feast store) under the work folder
+
+
 def start_serving(work: Path, bundle: Path, broker: str, max_wait_ms: float, args: argparse.Namespace
                   ) -> ManagedProcess:
-    port, name = free_port(), f"serving-wait{max_wait_ms:g}"
-    materialize_users(work / name, args.events, args.seed)
+    port, name = free_port(), serving_name(max_wait_ms)
     env = server_env(args.threads, bundle=str(bundle), port=str(port), state_dir=str(work / name),
                      ort_threads=str(args.threads), max_batch=str(args.max_batch), max_wait_ms=str(max_wait_ms),
                      kafka_bootstrap_servers=broker)
@@ -642,6 +645,7 @@ def main() -> None:
             stack.callback(broker.stop)
             serving = []
             for wait in args.max_wait_ms:
+                materialize_users(work / serving_name(wait), args.events, args.seed)
                 proc = start_serving(work, bundle, broker.url, wait, args)
                 stack.callback(proc.stop)
                 serving.append(System(f"serving (max_wait_ms={wait:g})", proc, wait))
