@@ -992,8 +992,13 @@ def analyze(rate: float, interval: float, held_back: Callable[[str], bool], upda
     for i in range(len(updates) - 1, -1, -1):
         running = min(running, seen.get(updates[i]["version"], math.inf))
         visible[i] = running
-    by_window = {round(u["window_end"] / interval): i for i, u in enumerate(updates)
-                 if u["kind"] == "delta" and u["window_end"] is not None}
+    # The first delta that learned each window. After a registry version becomes champion the service
+    # publishes the deltas of the registration's flight again on the new version ("carried over"): those
+    # repeat a window that an earlier delta already brought to serving.
+    by_window: dict[int, int] = {}
+    for i, u in enumerate(updates):
+        if u["kind"] == "delta" and u["window_end"] is not None:
+            by_window.setdefault(round(u["window_end"] / interval), i)
     last_window = max(by_window, default=-1)
     on_topic = [u["ts"] for u in updates]
     consumed_at = consumption_clock(series)
@@ -1001,6 +1006,7 @@ def analyze(rate: float, interval: float, held_back: Callable[[str], bool], upda
     outcome: Counter[str] = Counter()
     fresh: dict[str, list[float]] = {"all": [], "precomputed": [], "served": []}
     wait, after = [], []
+    slowest: dict[int, float] = {}  # per second of feedback time: the slowest sample's freshness
     for source, load in (("precomputed", loads["feedback-load"]), ("served", loads["predict-load"])):
         for event_id, ts_ms, index in load.get("samples", []):
             if held_back(event_id):
@@ -1025,6 +1031,8 @@ def analyze(rate: float, interval: float, held_back: Callable[[str], bool], upda
                 outcome["of which consumed after its window was published"] += 1
             fresh[source].append(answered - t0)
             fresh["all"].append(answered - t0)
+            second = int(t0)
+            slowest[second] = max(slowest.get(second, 0.0), answered - t0)
             wait.append(k * interval - t0)
             after.append(answered - k * interval)
 
@@ -1067,6 +1075,7 @@ def analyze(rate: float, interval: float, held_back: Callable[[str], bool], upda
         "ack_after_produce_ms": {k: 1e3 * v for k, v in percentiles(acked).items()},
         "windows_from_measurement_to_end": windows,
         "registrations_in_measured_period": registered,
+        "slowest_by_second": {str(k): round(v, 3) for k, v in sorted(slowest.items())},
         "windows_whole_run": {k: int(v) for k, v in labelled(end.metrics, "loopline_feedback_windows_total").items()},
         "dead_letters": {k: int(v) for k, v in labelled(end.metrics, "loopline_feedback_dead_letters_total").items()},
         "lag_records": {"max": max((s["lag_records"] for s in measured), default=float("nan")),
