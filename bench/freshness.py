@@ -192,8 +192,6 @@ def _event_head(schema_version: int, event_id: str, t: float, prediction_id: str
 def build_pool(bundle: Path, feast_dir: Path, size: int, seed: int) -> Pool:
     """Prediction events for `size` generated requests as `Service.answer` builds them, with the user
     features serving reads from the Feast online store."""
-    from models.predict import Predictor
-    from services.common.events import LoggedFeatures
     from services.common.features import online_user_features, open_store, user_fields
 
     traffic = generate(TrafficConfig(n_events=size, seed=seed + 2, user_seed=seed)).events
@@ -201,7 +199,16 @@ def build_pool(bundle: Path, feast_dir: Path, size: int, seed: int) -> Pool:
     unique = sorted(set(user_ids))
     rows = online_user_features(open_store(feast_dir, apply=False), unique)
     online = dict(zip(unique, map(user_fields, rows), strict=True))
-    users = [online[u] for u in user_ids]
+    return pool_of(bundle, texts, list(traffic["label"]), user_ids, [online[u] for u in user_ids])
+
+
+def pool_of(bundle: Path, texts: list[str], labels: list[str], user_ids: list[str],
+            users: list[dict[str, Any] | None]) -> Pool:
+    """The prediction events serving would log for these requests (`users`: their online features)."""
+    from models.predict import Predictor
+    from services.common.events import LoggedFeatures
+
+    size = len(texts)
     predictor = Predictor(bundle, threads=os.cpu_count() or 1)
     head = _event_head(PREDICTION_SCHEMA_VERSION, SENTINEL_EVENT, 0.0, SENTINEL_PREDICTION)
     tails: list[bytes] = []
@@ -227,7 +234,7 @@ def build_pool(bundle: Path, feast_dir: Path, size: int, seed: int) -> Pool:
                     raise RuntimeError(f"PredictionEvent JSON no longer starts with {head!r}")
                 tails.append(dumped[len(head):])
             bar.advance(task, len(chunk))
-    pool = Pool(texts, user_ids, list(traffic["label"]), tails)
+    pool = Pool(texts, user_ids, labels, tails)
     # What the service will parse must be what the schemas accept.
     PredictionEvent.model_validate_json(pool.prediction(0, uuid.uuid4().hex, time.time(), uuid.uuid4().hex))
     FeedbackEvent.model_validate_json(pool.feedback(0, uuid.uuid4().hex, time.time(), uuid.uuid4().hex))
@@ -414,6 +421,40 @@ def prepare(work: Path, bundle: Path, args: argparse.Namespace) -> Shared:
     if not pool_path.exists():
         build_pool(bundle, state / "feast", args.pool, args.seed).save(pool_path)
     return Shared(work, bundle, state, pool_path)
+
+
+def prepare_data_file(work: Path, base: Shared, data: str, seed: int) -> Shared:
+    """The in-process profile on a label set of your own: a bundle with the base bundle's INT8 encoder and
+    a head trained (torch FP32 embeddings, as bench/serving.py trains its head) on `data` (text,label), and
+    a pool of prediction events for its rows, shuffled, one made-up user per 5 rows (no user features)."""
+    from models.bundle import ENCODER_FILE, TOKENIZER_DIR, verify_bundle, write_manifest
+    from models.data import load_dataset
+    from models.encoder import Encoder
+    from models.features import FeatureSpec
+    from models.train import HeadConfig, featurize, train_head
+
+    frame = load_dataset(data).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    texts, labels = list(frame["text"].astype(str)), list(frame["label"].astype(str))
+    classes = sorted(set(labels))
+    folder = work / f"bundle-{Path(data).stem}-{len(classes)}-intents"
+    pool_path = work / f"pool-{Path(data).stem}-{len(classes)}-intents.npz"
+    if not (folder / HEAD_FILE).exists():
+        with console.status(f"a head for {data}: {len(texts):,} rows, {len(classes)} intents"):
+            encoder = Encoder.from_pretrained()
+            head = train_head(featurize(texts, encoder.encode(texts), FeatureSpec()), labels, classes, HeadConfig())
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        shutil.copy2(base.bundle / ENCODER_FILE, folder / ENCODER_FILE)
+        shutil.copytree(base.bundle / TOKENIZER_DIR, folder / TOKENIZER_DIR)
+        head.save(folder / HEAD_FILE)
+        write_manifest(folder, FeatureSpec(), classes, encoder=verify_bundle(base.bundle).encoder,
+                       lineage={"source": "bench/freshness.py --profile-data", "data": data})
+        pool_path.unlink(missing_ok=True)
+    if not pool_path.exists():
+        user_ids = [f"d{i // 5:05d}" for i in range(len(texts))]
+        pool_of(folder, texts, labels, user_ids, [None] * len(texts)).save(pool_path)
+    return Shared(work, folder, base.state, pool_path)
 
 
 def start_registry(shared: Shared, stack: contextlib.ExitStack) -> None:
@@ -725,6 +766,7 @@ def profile_service(shared: Shared, rate: float, interval: float, args: argparse
     rows |= stages(in_checkpoint)
     rows[GC_STAGE] = timer.cpu[GC_STAGE]
     return {"rate": rate, "interval_s": interval, "event_seconds": args.profile_seconds,
+            "intents": len(FTRLProximal.load(shared.bundle / HEAD_FILE).classes),
             "feedback": done["feedback"], "cpu_s": total, "windows": done["windows"],
             "sustained_feedback_per_s_one_core": done["feedback"] / total if total else float("nan"),
             "stages_cpu_s": rows, "us_per_feedback": {k: 1e6 * v / max(done["feedback"], 1) for k, v in rows.items()}}
@@ -732,7 +774,8 @@ def profile_service(shared: Shared, rate: float, interval: float, args: argparse
 
 def print_profile(profiles: list[dict[str, Any]]) -> None:
     for p in profiles:
-        table = Table(title=f"feedback service in one process, {p['rate']:,.0f} feedback/s of event time, "
+        table = Table(title=f"feedback service in one process, {p['intents']} intents, {p['rate']:,.0f} feedback/s "
+                            f"of event time, "
                             f"update_interval {p['interval_s']:g} s, {p['event_seconds']:g} s: {p['cpu_s']:.1f} s "
                             f"CPU = {p['sustained_feedback_per_s_one_core']:,.0f} feedback/s on one whole core "
                             f"(consumer and observer thread not included; indented rows are inside learn_window)")
@@ -1291,6 +1334,8 @@ def parse_args() -> argparse.Namespace:
                              f"every {REGISTRY_INTERVAL_S} s of event time, so each measured period holds one)")
     parser.add_argument("--profile-seconds", type=float, default=20.0, help="event seconds of the in-process profile")
     parser.add_argument("--skip-profile", action="store_true", help="skip the in-process profile of the service")
+    parser.add_argument("--profile-data", help="also profile on this text,label file's intents (e.g. "
+                                               "../shared/data/hwu64/train.csv), update_interval 1 s")
     parser.add_argument("--skip-runs", action="store_true", help="only the profile (no broker, no servers)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 15 s warm-up, 20 s measured")
     parser.add_argument("--skip-recovery", action="store_true", help="skip the recovery curve (bench/recovery.py)")
@@ -1328,6 +1373,11 @@ def main() -> None:
                 for interval in args.intervals:
                     with console.status(f"profiling the service in process: {rate:,.0f}/s, interval {interval:g} s"):
                         profiles.append(profile_service(shared, rate, interval, args))
+            if args.profile_data:
+                other = prepare_data_file(work, shared, args.profile_data, args.seed)
+                for rate in args.rates:
+                    with console.status(f"profiling on {args.profile_data}: {rate:,.0f}/s, interval 1 s"):
+                        profiles.append(profile_service(other, rate, 1.0, args) | {"data": args.profile_data})
             print_profile(profiles)
         if not args.skip_runs:
             start_registry(shared, stack)

@@ -59,8 +59,8 @@ class _Feedback(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 # strict=False: numbers sent as strings are taken, as the pydantic models take them.
-_PREDICTION = msgspec.json.Decoder(_Prediction, strict=False)
-_FEEDBACK = msgspec.json.Decoder(_Feedback, strict=False)
+PREDICTION_DECODER = msgspec.json.Decoder(_Prediction, strict=False)
+FEEDBACK_DECODER = msgspec.json.Decoder(_Feedback, strict=False)
 
 
 def _decode_problem(record: Record, exc: msgspec.DecodeError) -> DeadLetter:
@@ -74,7 +74,7 @@ def decode_feedback(record: Record, max_bytes: int) -> StoredFeedback | DeadLett
     if len(record.value) > max_bytes:
         return dead_letter(record, "too_large", f"{len(record.value)} bytes, the limit is {max_bytes}")
     try:
-        event = _FEEDBACK.decode(record.value)
+        event = FEEDBACK_DECODER.decode(record.value)
     except msgspec.DecodeError as exc:
         return _decode_problem(record, exc)
     return StoredFeedback(event.event_id, event.prediction_id, event.label, record.ts, record.partition,
@@ -123,7 +123,7 @@ def decode_predictions(records: Sequence[Record], sparse_dim: int, dense_dim: in
             out[i] = dead_letter(record, "too_large", f"{len(record.value)} bytes, the limit is {max_bytes}")
             continue
         try:
-            event = _PREDICTION.decode(record.value)
+            event = PREDICTION_DECODER.decode(record.value)
         except msgspec.DecodeError as exc:
             out[i] = _decode_problem(record, exc)
             continue
