@@ -197,14 +197,22 @@ def verify_bundle(folder: str | Path, allow_links: bool = False) -> Manifest:
 def link_head(out: str | Path, base: str | Path, head_bytes: bytes, model: str, base_version: int,
               metrics: Mapping[str, float] | None = None, lineage: Mapping[str, Any] | None = None) -> Manifest:
     """Write a head-only bundle to `out`: this head, and every other file of the bundle `base` (version
-    `base_version` of registered model `model`) by reference. A base that is itself head-only passes its
-    own reference on, so a link always points at the version that stores the files."""
+    `base_version` of registered model `model`) by reference. A link names one version, the one that stores
+    the files: a base that links files passes its own reference on, and the files it stores itself (a
+    retrain that linked its unchanged encoder keeps its own drift reference) are copied."""
     out, base_manifest = Path(out), verify_bundle(base, allow_links=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / HEAD_FILE).write_bytes(head_bytes)
-    shared = sorted(name for name in base_manifest.files if name != HEAD_FILE)
-    stored_with = base_manifest.linked_version if base_manifest.linked else base_version
-    files = {name: base_manifest.files[name] for name in shared} | {HEAD_FILE: sha256_file(out / HEAD_FILE)}
+    others = sorted(name for name in base_manifest.files if name != HEAD_FILE)
+    if base_manifest.linked:
+        shared = [name for name in others if name in base_manifest.linked_files]
+        stored_with = base_manifest.linked_version
+        for name in (name for name in others if name not in base_manifest.linked_files):
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(base) / name, out / name)
+    else:
+        shared, stored_with = others, base_version
+    files = {name: base_manifest.files[name] for name in others} | {HEAD_FILE: sha256_file(out / HEAD_FILE)}
     manifest = replace(base_manifest, files=files, metrics={k: float(v) for k, v in (metrics or {}).items()},
                        lineage=dict(lineage or {}), created_at=time.time(),
                        linked={"model": model, "version": stored_with, "files": shared})

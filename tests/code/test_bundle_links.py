@@ -54,6 +54,34 @@ def test_a_head_only_bundle_stores_its_head_and_verifies_once_completed(tmp_path
     assert (tmp_path / "v5" / HEAD_FILE).read_bytes() == b"head five"
 
 
+def test_the_online_head_of_a_retrain_that_linked_its_encoder_keeps_the_retrains_own_files(tmp_path: Path) -> None:
+    """v3 (a retrain) linked v1's unchanged encoder but stores its own drift reference: v4, the online head on
+    v3, links the encoder to v1 and carries v3's reference, so completing its links from v1 verifies."""
+    v1 = full_bundle(tmp_path / "v1")
+    (v1 / "drift_reference").mkdir()
+    (v1 / "drift_reference" / "frame.parquet").write_bytes(b"v1's reference")
+    write_manifest(v1, FeatureSpec(bits=8), ["a", "b"], encoder={"dim": 0})
+    v3 = full_bundle(tmp_path / "v3", seed=3)
+    (v3 / "drift_reference").mkdir()
+    (v3 / "drift_reference" / "frame.parquet").write_bytes(b"v3's reference")
+    write_manifest(v3, FeatureSpec(bits=8), ["a", "b"], encoder={"dim": 0})
+    assert link_unchanged(v3, verify_bundle(v1), "intent", 1) == [ENCODER_FILE, "tokenizer/vocab.txt"]
+    stored_v3 = tmp_path / "v3-stored"  # what the registry holds of v3, its links completed from v1
+    stored_v3.mkdir()
+    for path in v3.rglob("*"):
+        if path.is_file():
+            (stored_v3 / path.relative_to(v3)).parent.mkdir(parents=True, exist_ok=True)
+            (stored_v3 / path.relative_to(v3)).write_bytes(path.read_bytes())
+    complete_links(stored_v3, v1)
+
+    manifest = link_head(tmp_path / "v4", stored_v3, b"head four", "intent", 3)
+    assert manifest.linked == {"model": "intent", "version": 1, "files": [ENCODER_FILE, "tokenizer/vocab.txt"]}
+    assert (tmp_path / "v4" / "drift_reference" / "frame.parquet").read_bytes() == b"v3's reference"
+    completed = complete_links(tmp_path / "v4", v1)
+    assert completed.files["drift_reference/frame.parquet"] == verify_bundle(stored_v3).files[
+        "drift_reference/frame.parquet"]
+
+
 def test_a_linked_file_that_differs_from_the_manifest_is_refused(tmp_path: Path) -> None:
     base = full_bundle(tmp_path / "v3")
     link_head(tmp_path / "v4", base, b"head", "intent", 3)
