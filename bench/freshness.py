@@ -43,8 +43,9 @@ reason, consumer lag (records produced minus records the service counted, every
 second) and the CPU of every process. Each (rate, interval, round) gets a fresh broker,
 serving and feedback service, so no run sees another's topics. After the load stops
 the run waits (`--drain`) until the service has consumed everything, so samples stuck
-in a backlog get their true, long freshness instead of being dropped. Medians over
-rounds of each round's p50/p95, and percentiles of all rounds' samples pooled.
+in a backlog get their true, long freshness instead of being dropped. Percentiles
+of all rounds' samples pooled (rates and lags: medians over rounds). Every feedback
+event produced is accounted for in the examples table or the dead letters (`account`).
 
 Before the live runs, `profile_service` feeds the same pool to a FeedbackService in
 this process (no broker: `process`, `tick` and checkpoints as its loop calls them) at
@@ -55,7 +56,7 @@ and how many feedback events per second one core sustains (`--skip-profile` skip
 `new_phrasing` onset against a model retrained from scratch, which bench/recovery.py
 (`run_recovery`) measures; it runs only if that file is there.
 
-Run: `.venv/bin/python bench/freshness.py [--rates 5000 1000 250] [--intervals 1 5] [--rounds 2] [--quick] [--work DIR]`
+Run: `.venv/bin/python bench/freshness.py [--rates 5000 1000] [--intervals 1 5] [--profile-data FILE] [--quick]`
 """
 
 from __future__ import annotations
