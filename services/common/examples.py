@@ -13,13 +13,13 @@ for the writer is skipped, so a replay after a crash never doubles a row.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import pandas as pd
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
@@ -203,10 +203,15 @@ def conform(rows: pa.Table) -> pa.Table:
                     schema=SCHEMA)
 
 
+def user_features_json(user: Mapping[str, Any]) -> str:
+    """The `user_features` column's text: the features as JSON, keys sorted."""
+    return msgspec.json.encode(user, order="sorted").decode()
+
+
 def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
     """Row dicts (keys as SCHEMA) as a table; `user_features` may be given as a dict."""
     written_at = time.time()
-    prepared = [{**row, "user_features": json.dumps(row["user_features"], sort_keys=True)
+    prepared = [{**row, "user_features": user_features_json(row["user_features"])
                  if isinstance(row.get("user_features"), dict) else row.get("user_features"),
                  "written_at": row.get("written_at", written_at)} for row in rows]
     return pa.Table.from_pylist(prepared, schema=SCHEMA)

@@ -16,11 +16,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from services.common.examples import SCHEMA, ExamplesTable
+from services.common.examples import SCHEMA, ExamplesTable, user_features_json
 from services.feedback.join import Joined
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ def rows_of(kept: list[Kept], written_at: float) -> pa.Table:
     columns: dict[str, list[Any]] = {
         "event_id": [x.event_id for x in f], "prediction_id": [x.prediction_id for x in p],
         "text": [x.text for x in p], "user_id": [x.user_id for x in p],
-        "user_features": [None if x.user is None else _json(x.user) for x in p],
+        "user_features": [None if x.user is None else user_features_json(x.user) for x in p],
         "model_version": [x.model_version for x in p], "predicted": [x.intent for x in p],
         "confidence": [x.confidence for x in p], "label": [x.label for x in f],
         "verdict": [k.verdict for k in kept], "reason": [k.reason for k in kept],
@@ -55,10 +54,6 @@ def rows_of(kept: list[Kept], written_at: float) -> pa.Table:
         "written_at": [written_at] * len(kept),
     }
     return pa.Table.from_pydict(columns, schema=SCHEMA)
-
-
-def _json(user: dict[str, str]) -> str:
-    return msgspec.json.encode(user, order="sorted").decode()
 
 
 @dataclass
