@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,15 @@ from models.traffic import GENERATED_INTENTS as INTENTS
 from models.traffic import TrafficConfig, generate
 from models.train import HeadConfig, featurize, train_head, user_records
 from services.feedback.drift import DriftSettings, Reference, build_reference
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+
+
+def import_bench(monkeypatch: pytest.MonkeyPatch, name: str) -> ModuleType:
+    """A bench script as a module: they run as `python bench/<name>.py` and import each other as top-level
+    modules, so bench/ goes on the path for the test."""
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    return importlib.import_module(name)
 
 SPEC = FeatureSpec(bits=12)
 TinyModel = tuple[Encoder, FTRLProximal, list[str]]

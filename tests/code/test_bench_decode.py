@@ -8,15 +8,12 @@ from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.conftest import import_bench
 
 
 @pytest.fixture
 def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCH))  # bench scripts run as `python bench/<name>.py`
-    import decode
-
-    return decode
+    return import_bench(monkeypatch, "decode")
 
 
 def test_the_options_give_the_join_store_the_same_predictions(bench: ModuleType) -> None:

@@ -9,15 +9,12 @@ from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.conftest import import_bench
 
 
 @pytest.fixture
 def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCH))  # bench scripts run as `python bench/<name>.py`
-    import examples_table
-
-    return examples_table
+    return import_bench(monkeypatch, "examples_table")
 
 
 @pytest.mark.slow

@@ -9,17 +9,13 @@ from types import ModuleType
 
 import pytest
 
+from tests.conftest import import_bench
 from tests.integration.made_up import made_up
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 @pytest.fixture
 def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCH))  # bench scripts run as `python bench/<name>.py`
-    import finetune_recipe
-
-    return finetune_recipe
+    return import_bench(monkeypatch, "finetune_recipe")
 
 
 @pytest.mark.slow

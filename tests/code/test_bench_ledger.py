@@ -13,16 +13,12 @@ from services.feedback.checkpoint import Checkpoint, CheckpointStore
 from services.feedback.join import JoinStore
 from services.feedback.service import JOIN
 from tests.code.test_join import feedback, prediction
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.conftest import import_bench
 
 
 @pytest.fixture
 def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCH))  # bench scripts import each other as top-level modules
-    import reliability_feedback
-
-    return reliability_feedback
+    return import_bench(monkeypatch, "reliability_feedback")
 
 
 def checkpoint(state_dir: Path, joined: list[str], unreleased: list[str], examples: int, untrusted: int,

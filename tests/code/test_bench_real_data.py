@@ -6,12 +6,12 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.conftest import import_bench
+
 INTENTS = {  # invented intents, none of them HWU64's
     "water_plants": ["water the {x}", "give the {x} some water", "the {x} looks thirsty", "sprinkle the {x}"],
     "feed_cat": ["feed {x}", "give {x} her dinner", "put food out for {x}", "is it time to feed {x}"],
@@ -42,10 +42,7 @@ def made_up(per_intent_train: int, per_intent_test: int) -> tuple[pd.DataFrame, 
 
 @pytest.fixture
 def real_data(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))  # bench scripts import each other as top-level modules
-    import real_data
-
-    return real_data
+    return import_bench(monkeypatch, "real_data")
 
 
 def test_a_tiny_run_reports_every_row_with_consistent_counts(real_data, tmp_path, monkeypatch) -> None:

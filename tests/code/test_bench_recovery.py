@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.conftest import import_bench
 
 
 @pytest.fixture
 def recovery(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))  # bench scripts import each other as top-level modules
-    import recovery
-
-    return recovery
+    return import_bench(monkeypatch, "recovery")
 
 
 @pytest.mark.slow  # 12-20 s: compiles the tiny encoder and imports the flow tasks (Prefect)

@@ -8,15 +8,12 @@ from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.conftest import import_bench
 
 
 @pytest.fixture
 def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCH))  # bench scripts run as `python bench/<name>.py`
-    import serving_retrain
-
-    return serving_retrain
+    return import_bench(monkeypatch, "serving_retrain")
 
 
 @pytest.mark.slow  # 60-90 s: a tiny-encoder train flow under serving load

@@ -10,17 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import import_bench
 from tests.integration.made_up import made_up
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 @pytest.fixture
 def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCH))  # bench scripts run as `python bench/<name>.py`
-    import user_stats
-
-    return user_stats
+    return import_bench(monkeypatch, "user_stats")
 
 
 def test_stats_that_decide_the_answer_are_found(bench: ModuleType) -> None:
