@@ -76,6 +76,14 @@ class Manifest:
     fallback: dict[str, Any] = field(default_factory=dict)  # Fallback.to_dict(); empty: never falls back
 
     @property
+    def encoder_identity(self) -> str:
+        """Equal for bundles whose encoder turns text into the same embeddings: same ONNX file, tokenizer and
+        sequence length. Such bundles can share one loaded encoder."""
+        files = {name: digest for name, digest in self.files.items()
+                 if name == ENCODER_FILE or name.startswith(f"{TOKENIZER_DIR}/")}
+        return json.dumps({"files": files, "max_length": self.encoder.get("max_length")}, sort_keys=True)
+
+    @property
     def linked_version(self) -> int | None:
         return int(self.linked["version"]) if self.linked else None
 
@@ -257,3 +265,29 @@ def complete_links(folder: str | Path, source: str | Path) -> Manifest:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / name, target)
     return verify_bundle(folder)
+
+
+def reuse_local_files(folder: str | Path, candidates: Sequence[str | Path]) -> list[str]:
+    """Copy the linked files a head-only bundle lacks from local bundles whose manifests list the same file with
+    the same sha256 (the encoder a follower already holds need not cross the network again). Returns the
+    linked files still missing. `complete_links` or `verify_bundle` afterwards checks every byte."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    wanted = {name: manifest.files.get(name) for name in sorted(manifest.linked_files) if not (folder / name).exists()}
+    for candidate in map(Path, candidates):
+        if not wanted:
+            break
+        try:
+            theirs = read_manifest(candidate)
+        except BundleError:
+            continue  # a folder that is no bundle (or no longer one) offers nothing
+        for name, digest in list(wanted.items()):
+            source, target = candidate / name, folder / name
+            if digest is None or theirs.files.get(name) != digest or not source.is_file():
+                continue
+            if not target.resolve().is_relative_to(folder.resolve()):
+                raise BundleError(f"{name}: a linked file must be a listed file inside the bundle")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            del wanted[name]
+    return sorted(wanted)

@@ -24,11 +24,16 @@ UserRecord = Mapping[str, Any] | None
 class Predictor:
     """Texts (and optional user attributes) in, intent probabilities out."""
 
-    def __init__(self, folder: str | Path, threads: int = 1) -> None:
+    def __init__(self, folder: str | Path, threads: int = 1, loaded: tuple[str, OnnxEncoder] | None = None) -> None:
+        """`loaded`: an encoder already in memory and its `Manifest.encoder_identity`; used instead of loading
+        the bundle's own when the identities match (a new head on the same encoder)."""
         self.folder = Path(folder)
         self.manifest: Manifest = verify_bundle(self.folder)
-        self.encoder = OnnxEncoder.load(self.folder / ENCODER_FILE, self.folder / TOKENIZER_DIR,
-                                        max_length=int(self.manifest.encoder["max_length"]), threads=threads)
+        if loaded is not None and loaded[0] == self.manifest.encoder_identity:
+            self.encoder = loaded[1]
+        else:
+            self.encoder = OnnxEncoder.load(self.folder / ENCODER_FILE, self.folder / TOKENIZER_DIR,
+                                            max_length=int(self.manifest.encoder["max_length"]), threads=threads)
         self.head = FTRLProximal.load(self.folder / HEAD_FILE)
         self.spec = self.manifest.spec
         self.classes = self.manifest.classes

@@ -23,7 +23,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema
 
-from models.bundle import complete_links, verify_bundle
+from models.bundle import BundleError, complete_links, reuse_local_files, verify_bundle
 from models.features import USER_FIELDS
 from services.common.settings import CommonSettings
 
@@ -192,9 +192,10 @@ class Registry:
             text = json.dumps(entries)
         self.client.set_registered_model_tag(self.name, "champion_history", text)
 
-    def download(self, version: int, dest: Path | None = None) -> Path:
+    def download(self, version: int, dest: Path | None = None, local: Sequence[Path] = ()) -> Path:
         """Fetch a version's bundle folder; returns its path. Loading it (`Predictor`) verifies every
-        file against the manifest, so it is not hashed twice here."""
+        file against the manifest, so it is not hashed twice here. Files it shares with an earlier version
+        are copied from the bundle folders in `local` when they hold the same bytes, else fetched."""
         target = dest or Path(tempfile.mkdtemp(prefix=f"{self.name}-v{version}-"))
         uri = f"models:/{self.name}/{version}"
         # `models:/` URIs resolve against the process-wide registry (MLflow ignores a registry_uri given
@@ -205,7 +206,7 @@ class Registry:
         if bundle is None:
             shutil.rmtree(target, ignore_errors=True)
             raise RegistryError(f"version {version} holds no loopline bundle")
-        resolve_links(bundle, self.name)
+        resolve_links(bundle, self.name, local)
         return bundle
 
     def lineage(self, version: Version) -> list[Version]:
@@ -243,28 +244,53 @@ def class_tags(classes: Sequence[str]) -> dict[str, str]:
     return {"n_classes": str(len(classes)), **({"classes": text} if len(text) <= TAG_LIMIT else {})}
 
 
-def resolve_links(bundle: Path, model: str | None = None) -> None:
-    """Fetch the files a head-only bundle shares with the version that stores them (no-op for a full one)."""
+def resolve_links(bundle: Path, model: str | None = None, local: Sequence[Path] = ()) -> None:
+    """Complete a head-only bundle with the files it shares with the version that stores them (no-op for a
+    full one): from local bundles holding the same bytes first, then only the missing files from the registry."""
     manifest = verify_bundle(bundle, allow_links=True)
     if all((bundle / name).is_file() for name in manifest.linked_files):
         return
-    name = manifest.linked.get("model") or model
+    missing = reuse_local_files(bundle, local)
+    if not missing:
+        try:
+            verify_bundle(bundle)
+            return
+        except BundleError as exc:  # a local copy changed on disk after its manifest was written: fetch them all
+            log.warning("local copies of the files %s shares unusable (%s); fetching them", bundle, exc)
+            for shared in manifest.linked_files:
+                (bundle / shared).unlink(missing_ok=True)
+            missing = sorted(manifest.linked_files)
+    stored_with = manifest.linked.get("model") or model
     with tempfile.TemporaryDirectory(dir=bundle.parent) as tmp:
-        uri = f"models:/{name}/{manifest.linked_version}"
-        source = _bundle_path(Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)))
-        if source is None:
-            raise RegistryError(f"{uri}, which stores the encoder of this version, holds no loopline bundle")
+        source = _fetch_files(f"models:/{stored_with}/{manifest.linked_version}", missing, Path(tmp))
         complete_links(bundle, source)
+
+
+def _fetch_files(uri: str, names: Sequence[str], dest: Path) -> Path:
+    """Only `names` of the bundle stored with the model version at `uri`, laid out as in that bundle."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    repo = get_artifact_repository(uri)
+    (dest / "model").mkdir(parents=True, exist_ok=True)
+    relative = _bundle_relative(Path(repo.download_artifacts("MLmodel", str(dest / "model"))).parent)
+    if relative is None:
+        raise RegistryError(f"{uri}, which stores files this version shares, holds no loopline bundle")
+    for name in names:
+        repo.download_artifacts(f"{relative}/{name}", str(dest / "model"))
+    return dest / "model" / relative
 
 
 def _bundle_path(model_dir: Path) -> Path | None:
     """Where the pyfunc model keeps its `bundle` artifact, as its MLmodel file records it."""
+    relative = _bundle_relative(model_dir)
+    path = None if relative is None else model_dir / relative
+    return path if path is not None and path.is_dir() else None
+
+
+def _bundle_relative(model_dir: Path) -> str | None:
     from mlflow.models import Model
 
     try:
-        flavor = Model.load(str(model_dir)).flavors["python_function"]
-        relative = flavor["artifacts"]["bundle"]["path"]
+        return str(Model.load(str(model_dir)).flavors["python_function"]["artifacts"]["bundle"]["path"])
     except (OSError, KeyError, MlflowException):
         return None
-    path = model_dir / relative
-    return path if path.is_dir() else None

@@ -25,7 +25,7 @@ from typing import Any
 
 import mlflow
 
-from models.bundle import ENCODER_FILE, HEAD_FILE, link_head, verify_bundle
+from models.bundle import ENCODER_FILE, HEAD_FILE, Manifest, link_head, reuse_local_files, verify_bundle
 from models.ftrl import FTRLProximal
 from models.serving_head import ServingHead
 from services.common.registry import Registry, Version, class_tags
@@ -52,28 +52,56 @@ class BaseBundles:
         self.folder = folder
         # The registry worker and the learning loop (a sync delta after a reset) both fetch versions.
         self._lock = threading.Lock()
+        # Versions checked since this process fetched or first found them: hashing a 23 MB encoder on every
+        # question about a version would cost more than the question.
+        self._verified: dict[int, Manifest] = {}
 
     def get(self, version: int) -> Path:
         with self._lock:
             return self._get(version)
 
+    def manifest(self, version: int) -> Manifest:
+        with self._lock:
+            self._get(version)
+            return self._verified[version]
+
     def _get(self, version: int) -> Path:
         target = self.folder / f"v{version}"
+        if version in self._verified and target.is_dir():
+            return target
         if target.is_dir():
             try:
-                verify_bundle(target)
+                self._verified[version] = verify_bundle(target)
                 return target
             except Exception as exc:  # damaged on disk: fetch it again
                 log.warning("local copy of v%d unusable (%s); downloading again", version, exc)
                 shutil.rmtree(target)
         self.folder.mkdir(parents=True, exist_ok=True)
+        held = sorted(self.folder.glob("v*"), key=lambda p: -p.stat().st_mtime)
         with tempfile.TemporaryDirectory(dir=self.folder) as tmp:
-            bundle = self.registry.download(version, Path(tmp) / "download")
-            verify_bundle(bundle)
+            # A version that shares its encoder with one held here copies it instead of downloading it.
+            bundle = self.registry.download(version, Path(tmp) / "download", local=held)
+            manifest = verify_bundle(bundle)
             bundle.rename(target)  # whole or not at all
+        self._verified[version] = manifest
+        self._prune()
+        return target
+
+    def adopt(self, version: int, bundle: Path) -> None:
+        """Keep the head-only bundle this process just registered as `version`, completed from the local copy
+        of its base: following it later (a rebase, then a retrain's champion check) needs no download."""
+        with self._lock:
+            target = self.folder / f"v{version}"
+            if target.is_dir() or reuse_local_files(bundle, sorted(self.folder.glob("v*"))):
+                return  # already held, or its base is no longer here: `get` downloads it if ever asked
+            self._verified[version] = verify_bundle(bundle)
+            bundle.rename(target)  # same file system: the folder appears whole or not at all
+            self._prune()
+
+    def _prune(self) -> None:
         for old in sorted(self.folder.glob("v*"), key=lambda p: p.stat().st_mtime)[:-3]:
             shutil.rmtree(old, ignore_errors=True)  # the base, its predecessor and one spare are enough
-        return target
+            self._verified.pop(int(old.name.removeprefix("v")), None)
 
     def head(self, version: int) -> FTRLProximal:
         return FTRLProximal.load(self.get(version) / HEAD_FILE)
@@ -81,7 +109,7 @@ class BaseBundles:
     def inputs(self, version: int) -> tuple[str, str]:
         """What a head of this version takes as input: the encoder (by sha256) and the feature spec.
         Heads with equal inputs can learn from each other's logged predictions."""
-        manifest = verify_bundle(self.get(version))
+        manifest = self.manifest(version)
         return manifest.files[ENCODER_FILE], json.dumps(manifest.spec.to_dict(), sort_keys=True)
 
 
@@ -153,6 +181,7 @@ class VersionKeeper:
                 mlflow.log_metrics(metrics)
                 mlflow.log_params({"parent_version": base, "sequence": learner.sequence, "trigger": trigger})
                 version = self.registry.register(bundle, tags, description)
+            self.bundles.adopt(version.version, bundle)
         log.info("registered the online head %s as v%d", key, version.version)
         return version
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -79,6 +81,9 @@ class Service:
         self.features: Any = None  # a Feast store, when the state folder has one
         self.feature_state = "disabled"  # disabled, loading, ok, unreachable
         self.registry: Any = None  # services.common.registry.Registry unless serving a bundle folder
+        # The served version's download stays until the next one replaces it: files they share are copied.
+        self._served: tuple[tempfile.TemporaryDirectory[str], Path] | None = None
+        self._loading = threading.Lock()
         self.updates = UpdateFollower(
             self.store, settings.model_name, settings.kafka_bootstrap_servers,
             champion=None if settings.bundle else self._champion, load=self.load_version,
@@ -122,15 +127,33 @@ class Service:
             raise LoadError(str(exc)) from exc
         if target is None:
             raise LoadError(f"{registry.name} has no champion yet: run `loopline train`")
-        with download_folder(self.settings.state_dir) as tmp:
+        with self._loading:
+            folder = download_folder(self.settings.state_dir)
+            held = [self._served[1]] if self._served is not None else []
             try:
-                bundle = registry.download(target.version, Path(tmp))
-            except Exception as exc:  # any download or verification failure is a refused load...
-                if _unreachable(exc):  # ...but a registry that went away is not the version's fault: retried
-                    raise
-                self.store.failed_loads += 1
-                raise LoadError(f"version {target.version} refused: {exc}") from exc
-            return self.store.load_bundle(bundle, target.version)
+                try:
+                    # Files shared with the served version (its encoder) are copied from its folder.
+                    bundle = registry.download(target.version, Path(folder.name), local=held)
+                except Exception as exc:  # any download or verification failure is a refused load...
+                    if _unreachable(exc):  # ...but a registry that went away is not the version's fault: retried
+                        raise
+                    self.store.failed_loads += 1
+                    raise LoadError(f"version {target.version} refused: {exc}") from exc
+                snapshot = self.store.load_bundle(bundle, target.version)
+            except BaseException:
+                folder.cleanup()
+                raise
+            previous, self._served = self._served, (folder, bundle)
+            if previous is not None:
+                previous[0].cleanup()
+            return snapshot
+
+    def release_download(self) -> None:
+        """Remove the served version's download folder (at shutdown)."""
+        with self._loading:
+            if self._served is not None:
+                self._served[0].cleanup()
+                self._served = None
 
     def open_features(self) -> None:
         """Open the state folder's Feast store if the train flow made one (importing Feast takes seconds)."""
@@ -273,6 +296,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         await asyncio.to_thread(service.updates.stop)
         await service.batcher.stop()
         service.log.close()
+        service.release_download()
 
     app = FastAPI(title="loopline serving", version="1", lifespan=lifespan)
     app.state.service = service

@@ -1,8 +1,9 @@
 """Where serving puts a registry version while it downloads and verifies it.
 
 Each download gets a temporary folder in the state folder named after the serving
-process (`download-<pid>-...`). A clean run removes it once the version is loaded;
-a process killed mid-download cannot, and every such kill would leave a whole bundle
+process (`download-<pid>-...`). The served version's folder stays until the next
+version replaces it (files the two share are copied from it, not downloaded) or
+serving stops; a process killed cannot remove it, and every such kill would leave a whole bundle
 behind. So at start serving removes the download folders of processes that no longer
 run, and its own pid's (none is its own yet: in a container a restarted server often
 gets the pid of the one before). Folders of another live replica sharing the state

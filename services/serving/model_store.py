@@ -43,6 +43,7 @@ class Snapshot:
     loaded_at: float = field(default_factory=time.time)
     lineage: dict[str, Any] = field(default_factory=dict)
     fallback: Fallback = NEVER  # from the manifest: when to answer "not understood"
+    encoder_identity: str = ""  # `Manifest.encoder_identity`: a version with the same one reuses `encoder`
 
     @property
     def version(self) -> str:
@@ -72,13 +73,18 @@ class ModelStore:
 
     def load_bundle(self, folder: Path, version: int) -> Snapshot:
         """Verify and load a bundle folder as registry version `version`, then swap it in."""
+        current = self.current
+        # Online versions share their base's encoder: keeping its session skips the costliest part of a load.
+        loaded = (current.encoder_identity, current.encoder) if current is not None else None
         try:
-            predictor = Predictor(folder, threads=self.threads)
+            predictor = Predictor(folder, threads=self.threads, loaded=loaded)
         except (BundleError, OSError, ValueError) as exc:
             self.failed_loads += 1
             raise LoadError(f"version {version} refused: {exc}") from exc
+        manifest = predictor.manifest
         snapshot = Snapshot(predictor.encoder, ServingHead.from_model(predictor.head), predictor.spec, version,
-                            lineage=dict(predictor.manifest.lineage), fallback=predictor.manifest.fallback_policy)
+                            lineage=dict(manifest.lineage), fallback=manifest.fallback_policy,
+                            encoder_identity=manifest.encoder_identity)
         with self._write:
             self._swap(snapshot)
         return snapshot

@@ -15,6 +15,7 @@ from models.bundle import (
     link_head,
     link_unchanged,
     read_manifest,
+    reuse_local_files,
     verify_bundle,
     write_manifest,
 )
@@ -130,3 +131,13 @@ def test_a_changed_encoder_is_stored_whole_and_the_next_retrain_links_to_it(tmp_
     v3 = full_bundle(tmp_path / "v3", graph=b"fine-tuned graph", seed=3)
     assert link_unchanged(v3, read_manifest(v2), "intent", 2) == [ENCODER_FILE, "tokenizer/vocab.txt"]
     assert read_manifest(v3).linked_version == 2
+
+
+def test_linked_files_come_from_a_local_bundle_only_where_its_manifest_names_the_same_bytes(tmp_path: Path) -> None:
+    v1 = full_bundle(tmp_path / "v1")
+    link_head(tmp_path / "v2", v1, b"head two", "intent", 1)
+    other = full_bundle(tmp_path / "other", graph=b"another encoder")
+    assert reuse_local_files(tmp_path / "v2", [tmp_path / "nowhere", other]) == [ENCODER_FILE]
+    assert not (tmp_path / "v2" / ENCODER_FILE).exists(), "other bytes under the same name are not the same file"
+    assert reuse_local_files(tmp_path / "v2", [v1]) == []
+    assert verify_bundle(tmp_path / "v2").files[ENCODER_FILE] == read_manifest(v1).files[ENCODER_FILE]

@@ -7,7 +7,7 @@ import base64
 import numpy as np
 import pytest
 
-from models.bundle import ENCODER_FILE
+from models.bundle import ENCODER_FILE, read_manifest, write_manifest
 from models.features import FeatureSpec
 from models.ftrl import FTRLProximal
 from models.train import featurize
@@ -58,3 +58,15 @@ def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(tiny_bundle)
 def test_nothing_loaded_is_an_error_not_a_crash() -> None:
     with pytest.raises(LoadError, match="no model loaded"):
         ModelStore().predict(["turn on wifi"])
+
+
+def test_a_version_on_the_same_encoder_reuses_the_loaded_session(trained, tiny_bundle, tmp_path) -> None:
+    store = ModelStore()
+    first = store.load_bundle(tiny_bundle("v1"), version=1)
+    second = store.load_bundle(tiny_bundle("v2"), version=2)
+    assert second.encoder is first.encoder and second.version == "2"
+    other = tiny_bundle("v3")
+    (other / "tokenizer" / "notes.txt").write_text("a file the tokenizer folder did not have\n")
+    write_manifest(other, SPEC, list(second.classes), encoder=read_manifest(other).encoder)
+    third = store.load_bundle(other, version=3)
+    assert third.encoder is not first.encoder, "another tokenizer makes another encoder"
