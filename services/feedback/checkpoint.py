@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,38 @@ class CheckpointStore:
             shutil.rmtree(path, ignore_errors=True)
         for tmp in self.folder.glob(".tmp-*"):  # left by a crash mid-write
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a thread of its own, one at a time. Hashing, writing and fsync release the GIL,
+    so the loop learns on while a checkpoint of tens of megabytes reaches the disk."""
+
+    def __init__(self, store: CheckpointStore) -> None:
+        self.store = store
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._writing: Future[Path] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._writing is not None
+
+    def start(self, checkpoint: Checkpoint) -> None:
+        """Write `checkpoint`, whose files are bytes already; its state is copied now, as it is."""
+        if self._writing is not None:
+            raise RuntimeError("the previous checkpoint is still being written")
+        frozen = Checkpoint(checkpoint.number, json.loads(json.dumps(checkpoint.state)), checkpoint.files)
+        self._writing = self._pool.submit(self.store.save, frozen)
+
+    def written(self, wait: bool = False) -> Path | None:
+        """The folder of the checkpoint being written, once it is complete (raises what writing it raised);
+        None while it is still being written (unless `wait`) or when none is."""
+        if self._writing is None or (not wait and not self._writing.done()):
+            return None
+        future, self._writing = self._writing, None
+        return future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 def read(path: Path) -> Checkpoint:

@@ -23,6 +23,7 @@ import io
 import json
 from collections import Counter
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -307,13 +308,14 @@ STRING_FIELDS = ("prediction_id", "model_version", "user_id", "text", "intent")
 def _pack(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """UTF-8 bytes end to end plus offsets: fixed-width numpy strings would pad every text to the longest."""
     encoded = [s.encode() for s in strings]
-    return (np.frombuffer(b"".join(encoded), dtype=np.uint8),
-            np.cumsum([0] + [len(e) for e in encoded]).astype(np.int64))
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
 
 
 def _unpack(data: np.ndarray, offsets: np.ndarray) -> list[str]:
-    raw = data.tobytes()
-    return [raw[offsets[i]:offsets[i + 1]].decode() for i in range(len(offsets) - 1)]
+    raw, bounds = data.tobytes(), offsets.tolist()  # Python ints: indexing numpy scalars per string is slow
+    return [raw[start:end].decode() for start, end in pairwise(bounds)]
 
 
 def _predictions_to_arrays(preds: list[StoredPrediction]) -> dict[str, np.ndarray]:
@@ -339,9 +341,11 @@ def _predictions_to_arrays(preds: list[StoredPrediction]) -> dict[str, np.ndarra
 
 
 def _predictions_from_arrays(f: Any) -> list[StoredPrediction]:
-    offsets, indices, values = f["offsets"], f["indices"], f["values"]
+    # Every `f[name]` reads (and checks) the whole array again: each is read once, before the loop.
+    indices, values, embeddings = f["indices"], f["values"], f["embeddings"]
+    offsets, has_embedding, has_user = f["offsets"].tolist(), f["has_embedding"].tolist(), f["has_user"].tolist()
+    ts, confidence = f["ts"].tolist(), f["confidence"].tolist()
     strings = {name: _unpack(f[f"s_{name}"], f[f"o_{name}"]) for name in STRING_FIELDS}
-    has_user, ts, confidence = f["has_user"], f["ts"], f["confidence"]
     users = _unpack(f["s_user"], f["o_user"])
     out = []
     for i in range(len(ts)):
@@ -351,7 +355,7 @@ def _predictions_from_arrays(f: Any) -> list[StoredPrediction]:
             user_id=strings["user_id"][i] if has_user[i] else None,
             text=strings["text"][i], intent=strings["intent"][i], confidence=float(confidence[i]),
             indices=indices[offsets[i]:offsets[i + 1]].copy(), values=values[offsets[i]:offsets[i + 1]].copy(),
-            embedding=f["embeddings"][i].copy() if f["has_embedding"][i] else None,
+            embedding=embeddings[i].copy() if has_embedding[i] else None,
             user=json.loads(users[i]) if users[i] else None))
     return out
 

@@ -59,7 +59,7 @@ from services.common.events import (
 )
 from services.common.examples import COLLECTED_THROUGH_TAG, ExamplesTable
 from services.common.registry import bound_registry_requests
-from services.feedback.checkpoint import Checkpoint, CheckpointStore
+from services.feedback.checkpoint import Checkpoint, CheckpointStore, CheckpointWriter
 from services.feedback.collect import Collector
 from services.feedback.decode import decode_batch
 from services.feedback.guard import GuardSettings, PromotionGuard
@@ -165,6 +165,8 @@ class FeedbackService:
         self.learning_now = 0
         self._save_now = False  # a base change is checkpointed at once
         self.checkpoints = CheckpointStore(settings.state_dir / "feedback" / "checkpoints", settings.checkpoints_kept)
+        self.writer = CheckpointWriter(self.checkpoints)
+        self._saving: tuple[dict[str, int], float, float] | None = None  # offsets, start and end of building
         self.stats = Stats(Counter(), Counter(), Counter())
         self.offsets: dict[str, int] = {}  # "topic:partition" -> next offset to read
         self.watermark = Watermark(settings.lateness_s, settings.idle_s)
@@ -466,13 +468,16 @@ class FeedbackService:
                 due = self._save_now or time.monotonic() - last_checkpoint >= self.settings.checkpoint_interval_s
                 if due and self._save(producer, consumer):
                     last_checkpoint, self._save_now = time.monotonic(), False
+                elif not due:
+                    self._finish_save(consumer)
         finally:
             phases: dict[str, float] = {}
             began = time.monotonic()
             if self.registrar is not None:
                 self.registrar.stop(timeout=1.0)  # a registration in hand is checkpointed: the next start resumes it
             self._send_letters(producer)
-            self._save(producer, consumer)
+            self._save(producer, consumer, wait=True)
+            self.writer.close()
             phases["checkpoint"] = time.monotonic() - began
             consumer.close()
             phases["consumer"] = time.monotonic() - began - phases["checkpoint"]
@@ -825,8 +830,12 @@ class FeedbackService:
         for letter in self.take_letters():
             self._send(producer, FEEDBACK_DLQ, letter.key or letter.event_id, letter.model_dump_json().encode())
 
-    def _save(self, producer: Producer, consumer: Consumer) -> bool:
-        """Checkpoint, then commit offsets: only once everything produced so far is acknowledged."""
+    def _save(self, producer: Producer, consumer: Consumer, wait: bool = False) -> bool:
+        """Start a checkpoint, once everything produced so far is acknowledged and the previous checkpoint is
+        on disk; False if it cannot start yet. With `wait`, return once it is on disk and offsets are committed."""
+        self._finish_save(consumer, wait)
+        if self.writer.busy:
+            return False
         waited = time.monotonic()
         if producer.flush(10) > 0:
             log.warning("broker has not acknowledged every update yet; checkpoint postponed")
@@ -834,20 +843,29 @@ class FeedbackService:
         if time.monotonic() - waited > 1.0:
             log.warning("the broker took %.1f s to acknowledge what was produced", time.monotonic() - waited)
         began = time.monotonic()
-        path = self.checkpoints.save(self.checkpoint())
-        saved = time.monotonic()
+        self.writer.start(self.checkpoint())  # built here, in step with the loop; written on the writer's thread
+        self._saving = (dict(self.offsets), began, time.monotonic())
+        self._finish_save(consumer, wait)
+        return True
+
+    def _finish_save(self, consumer: Consumer, wait: bool = False) -> None:
+        """Once the checkpoint being written is on disk: commit its examples, then its offsets."""
+        path = self.writer.written(wait)
+        if path is None or self._saving is None:
+            return
+        (offsets, began, built), self._saving = self._saving, None
+        written = time.monotonic()
         self.collector.commit()  # after the checkpoint holds the batch: a crash in between commits it at start
         self._expire_examples()
-        if time.monotonic() - began > 1.0:  # the loop learns nothing meanwhile
-            log.warning("slow checkpoint: %s written in %.1f s, examples committed in %.1f s", path.name,
-                        saved - began, time.monotonic() - saved)
-        commits = [TopicPartition(*_partition_key(k), offset) for k, offset in self.offsets.items()]
+        if built - began + time.monotonic() - written > 1.0:  # the loop learns nothing meanwhile
+            log.warning("slow checkpoint: %s built in %.1f s, written in %.1f s beside the loop, examples "
+                        "committed in %.1f s", path.name, built - began, written - built, time.monotonic() - written)
+        commits = [TopicPartition(*_partition_key(k), offset) for k, offset in offsets.items()]
         if commits:
             try:
                 consumer.commit(offsets=commits, asynchronous=False)
             except Exception as exc:  # the checkpoint, not the committed offset, is what a restart uses
                 log.warning("offset commit failed after %s: %s", path.name, exc)
-        return True
 
     def _expire_examples(self) -> None:
         """Retention (`LOOPLINE_EXAMPLES_RETENTION_DAYS`), at most hourly: old rows leave the examples table."""

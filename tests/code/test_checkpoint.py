@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.feedback.checkpoint import Checkpoint, CheckpointStore
+from services.feedback.checkpoint import Checkpoint, CheckpointStore, CheckpointWriter, read
 
 
 def checkpoint(number: int) -> Checkpoint:
@@ -53,3 +53,27 @@ def test_a_write_interrupted_before_the_rename_leaves_the_previous_checkpoint(tm
     assert not list(tmp_path.glob(".tmp-*")), "leftovers are cleaned on the next save"
     with pytest.raises(ValueError, match="keep at least 2"):
         CheckpointStore(tmp_path, keep=1)
+
+
+def test_the_writer_writes_one_checkpoint_at_a_time_with_the_state_it_was_given(tmp_path: Path) -> None:
+    writer = CheckpointWriter(CheckpointStore(tmp_path))
+    assert writer.written() is None and not writer.busy
+    first = checkpoint(1)
+    writer.start(first)
+    first.state["offsets"]["feedback:0"] = 999  # the loop moves on while the checkpoint is written
+    with pytest.raises(RuntimeError, match="still being written"):
+        writer.start(checkpoint(2))
+    path = writer.written(wait=True)
+    assert path is not None and not writer.busy
+    assert read(path).state == {"offsets": {"feedback:0": 10}}, "the state as it was when writing started"
+    writer.close()
+
+
+def test_a_failed_write_is_raised_to_the_loop_that_asks(tmp_path: Path) -> None:
+    (tmp_path / "blocked").write_text("a file where the checkpoint folder should be")
+    writer = CheckpointWriter(CheckpointStore(tmp_path / "blocked"))
+    writer.start(checkpoint(1))
+    with pytest.raises(OSError):
+        writer.written(wait=True)
+    assert not writer.busy
+    writer.close()
