@@ -102,10 +102,12 @@ class Registry:
                 return self._finish(str(existing.version), tags, description)
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(PYFUNC_CODE), artifacts={"bundle": str(bundle_dir)},
-            registered_model_name=self.name, signature=SIGNATURE,
-            pip_requirements=RUNTIME_REQUIREMENTS,
+            signature=SIGNATURE, pip_requirements=RUNTIME_REQUIREMENTS,
         )
-        return self._finish(str(info.registered_model_version), tags, description)
+        # The tags travel with the version's creation: one request, not one per tag (a registration every
+        # minute competes with learning for the same two cores).
+        created = mlflow.register_model(info.model_uri, self.name, tags={k: str(v) for k, v in tags.items()})
+        return self._finish(str(created.version), {}, description)
 
     def _finish(self, version: str, tags: Mapping[str, Any], description: str) -> Version:
         for key, value in tags.items():
