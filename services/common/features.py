@@ -34,6 +34,17 @@ log = logging.getLogger(__name__)
 # Feast logs "Registry cache expired, so refreshing" at INFO on every uncached registry read.
 logging.getLogger("feast.infra.registry.registry").setLevel(logging.WARNING)
 
+
+class _FileRegistryWorks(logging.Filter):
+    """Feast 0.67 warns that `serve_features_while_materializing` "typically has no effect" outside a SQL
+    registry; its file registry honours it (tests/integration/test_feast.py reads while materializing)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "serve_features_while_materializing" not in record.getMessage()
+
+
+logging.getLogger("feast.repo_config").addFilter(_FileRegistryWorks())
+
 FEATURE_REPO = Path(__file__).resolve().parents[2] / "feature_repo"
 SERVICE = "user_features"
 USERS_PATH = Path("data/users.parquet")  # relative to the state folder, as in definitions.py

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,13 @@ class CheckpointError(Exception):
 class Checkpoint:
     number: int
     state: dict[str, Any]  # JSON: offsets, watermark, sequence numbers, metrics
-    files: dict[str, bytes] = field(default_factory=dict)  # e.g. head.npz, join.npz
+    # e.g. head.npz, join.npz. A callable gives a file's bytes when it is written: a copy of the state taken
+    # at the checkpoint, serialized by the writer instead of by the loop. Restored checkpoints hold bytes.
+    files: dict[str, bytes | Callable[[], bytes]] = field(default_factory=dict)
+
+    def data(self, name: str) -> bytes:
+        value = self.files[name]
+        return value if isinstance(value, bytes) else value()
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,7 @@ class CheckpointStore:
         tmp = self.folder / f".tmp-{final.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        digests = {name: _write(tmp / name, data) for name, data in checkpoint.files.items()}
+        digests = {name: _write(tmp / name, checkpoint.data(name)) for name in checkpoint.files}
         _write(tmp / STATE_FILE, json.dumps({"number": checkpoint.number, "sha256": digests,
                                              "state": checkpoint.state}).encode())
         _fsync_dir(tmp)
@@ -105,7 +112,8 @@ class CheckpointWriter:
         return self._writing is not None
 
     def start(self, checkpoint: Checkpoint) -> None:
-        """Write `checkpoint`, whose files are bytes already; its state is copied now, as it is."""
+        """Write `checkpoint`; its state is copied now, as it is (its files are bytes, or callables that do
+        not read what the loop goes on changing)."""
         if self._writing is not None:
             raise RuntimeError("the previous checkpoint is still being written")
         frozen = Checkpoint(checkpoint.number, json.loads(json.dumps(checkpoint.state)), checkpoint.files)
@@ -128,7 +136,7 @@ def read(path: Path) -> Checkpoint:
     try:
         meta = json.loads((path / STATE_FILE).read_bytes())
         expected: dict[str, str] = meta["sha256"]
-        files = {}
+        files: dict[str, bytes | Callable[[], bytes]] = {}
         for name, digest in expected.items():
             data = (path / name).read_bytes()
             if hashlib.sha256(data).hexdigest() != digest:

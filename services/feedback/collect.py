@@ -13,7 +13,9 @@ import io
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 import pyarrow as pa
@@ -71,13 +73,14 @@ class Collector:
              window_end: float) -> None:
         self.pending.append(Kept(joined, verdict, reason, decision, window_end))
 
-    def seal(self, number: int) -> dict[str, bytes]:
+    def seal(self, number: int) -> dict[str, Callable[[], bytes]]:
         """At checkpoint `number`: the pending rows become its batch; every batch not yet committed goes into
         the checkpoint as a file."""
         if self.pending:
             self.unsaved[number] = rows_of(self.pending, time.time())
             self.pending = []
-        return {f"examples-{n:012d}.parquet": _parquet(rows) for n, rows in self.unsaved.items()}
+        # Encoded by the checkpoint writer (pyarrow lets the loop run meanwhile); tables are immutable.
+        return {f"examples-{n:012d}.parquet": partial(_parquet, rows) for n, rows in self.unsaved.items()}
 
     def restore(self, files: dict[str, bytes]) -> None:
         self.pending = []

@@ -208,6 +208,15 @@ class JoinStore:
 
     # -- checkpoint ----------------------------------------------------------------------------
 
+    def frozen(self) -> JoinStore:
+        """A copy to serialize on another thread while this one changes: the containers are copied, not their
+        items (predictions and feedback are never changed in place)."""
+        copy = JoinStore(self.settings)
+        copy.predictions, copy.waiting, copy.ready = dict(self.predictions), dict(self.waiting), list(self.ready)
+        copy.labeled, copy.seen = dict(self.labeled), dict(self.seen)
+        copy.released_until, copy.counts = self.released_until, Counter(self.counts)
+        return copy
+
     def to_bytes(self) -> bytes:
         """The whole store as one npz (no pickle): predictions columnar, feedback and ids as JSON."""
         preds = list(self.predictions.values()) + [j.prediction for j in self.ready]

@@ -216,11 +216,11 @@ class FeedbackService:
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         state = checkpoint.state
-        model = FTRLProximal.from_bytes(checkpoint.files[HEAD])
+        model = FTRLProximal.from_bytes(checkpoint.data(HEAD))
         self.learner = OnlineLearner(model, state["base_version"], self._learn_settings(), state["sequence"])
-        self.learner.holdout.extend(joined_from_bytes(checkpoint.files[HOLDOUT]))
+        self.learner.holdout.extend(joined_from_bytes(checkpoint.data(HOLDOUT)))
         self.learner.progress = Progress.from_json(state["progress"])
-        self.store = JoinStore.from_bytes(checkpoint.files[JOIN], self._join_settings())
+        self.store = JoinStore.from_bytes(checkpoint.data(JOIN), self._join_settings())
         self.offsets = {k: int(v) for k, v in state["offsets"].items()}
         self.watermark.restore({_partition_key(k): float(v) for k, v in state["max_ts"].items()})
         self.checkpoint_number = checkpoint.number
@@ -230,10 +230,11 @@ class FeedbackService:
         self.next_registration = state.get("next_registration")
         # Older checkpoints also hold users.json (per-user correction counts, no longer kept): ignored.
         if TRUST in checkpoint.files:
-            self.trust = UserTrust.from_bytes(checkpoint.files[TRUST], self._trust_settings())
-        self.registering = _registering_from(state, checkpoint.files)
+            self.trust = UserTrust.from_bytes(checkpoint.data(TRUST), self._trust_settings())
+        files = {name: checkpoint.data(name) for name in checkpoint.files}
+        self.registering = _registering_from(state, files)
         self.owed = state.get("owed")
-        self.collector.restore(checkpoint.files)
+        self.collector.restore(files)
         if "guard" in state:
             self.guard = PromotionGuard.from_json(state["guard"], self._guard_settings())
         log.info("resumed from checkpoint %d: v%d+ftrl.%d, %d partitions", checkpoint.number,
@@ -242,7 +243,7 @@ class FeedbackService:
     def checkpoint(self) -> Checkpoint:
         state: dict[str, Any] = {
             "base_version": self.learner.base_version, "sequence": self.learner.sequence,
-            "offsets": self.offsets,
+            "offsets": dict(self.offsets),
             "max_ts": {f"{t}:{p}": ts for (t, p), ts in self.watermark.max_ts.items() if math.isfinite(ts)},
             "windows": dict(self.stats.windows), "dead_letters": dict(self.stats.dead_letters),
             "records": dict(self.stats.records), "progress": self.learner.progress.to_json(),
@@ -250,8 +251,11 @@ class FeedbackService:
             "unknown_labels": dict(self.stats.unknown_labels),
             "next_registration": self.next_registration, "owed": self.owed, "guard": self.guard.to_json(),
         }
-        files = {HEAD: self.learner.model.to_bytes(), JOIN: self.store.to_bytes(),
-                 HOLDOUT: joined_to_bytes(list(self.learner.holdout)), TRUST: self.trust.to_bytes()}
+        # The join store and the held-back set are copied here and serialized by the checkpoint writer.
+        holdout = list(self.learner.holdout)
+        files: dict[str, bytes | Callable[[], bytes]] = {
+            HEAD: self.learner.model.to_bytes(), JOIN: self.store.frozen().to_bytes,
+            HOLDOUT: lambda: joined_to_bytes(holdout), TRUST: self.trust.to_bytes()}
         if self.registering is not None:
             state["registering"], extra = _registering_to(self.registering)
             files |= extra

@@ -135,6 +135,21 @@ def test_checkpoint_round_trip_keeps_everything() -> None:
     assert JoinStore.from_bytes(JoinStore().to_bytes()).predictions == {}
 
 
+def test_a_frozen_copy_serializes_the_store_as_it_was_while_the_store_moves_on() -> None:
+    store = JoinStore()
+    for i in range(4):
+        store.add_prediction(prediction(f"p{i}", 10.0 + i, embedding=i % 2 == 0))
+    store.add_feedback(feedback("f0", "p0", 20.0))
+    store.add_feedback(feedback("fx", "px", 22.0, offset=3))
+    before = store.to_bytes()
+    frozen = store.frozen()
+    store.add_prediction(prediction("later", 30.0))
+    store.add_feedback(feedback("f1", "p1", 31.0))
+    store.advance(100.0)
+    assert frozen.to_bytes() == before
+    assert store.to_bytes() != before
+
+
 def _same(a: StoredPrediction, b: StoredPrediction) -> bool:
     arrays = ("indices", "values", "embedding")
     plain = all(getattr(a, f) == getattr(b, f) for f in a.__dataclass_fields__ if f not in arrays)

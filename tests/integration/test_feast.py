@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from feast.data_source import PushMode
+from feast.feature_view import FeatureViewState
 
 from models.features import USER_FIELDS, FeatureSpec, hash_features
 from models.traffic import TrafficConfig, generate
@@ -84,6 +85,20 @@ def test_materialize_then_online_read_gives_latest_values(tmp_path: Path, users:
     assert nobody is None
     assert online_user_features(store, []) == []
     assert user_fields(nobody) is None and user_fields(u1)["device"] == "ios"
+
+
+def test_a_reader_gets_the_last_materialized_values_while_a_materialization_runs(tmp_path: Path,
+                                                                                  users: pd.DataFrame) -> None:
+    """A retrain materializes while serving reads: the view's MATERIALIZING state in the shared registry must
+    not fail the reads of another process's store."""
+    writer = open_store(tmp_path, users)
+    materialize(writer, T0 + timedelta(days=1))
+    view = writer.get_feature_view("user_profile_fv")
+    view.state = FeatureViewState.MATERIALIZING  # what `materialize` commits to the registry until it is done
+    writer.registry.apply_feature_view(view, writer.project, commit=True)
+    reader = open_store(tmp_path, apply=False)
+    assert reader.get_feature_view("user_profile_fv").state == FeatureViewState.MATERIALIZING
+    assert online_user_features(reader, ["u1"])[0]["device"] == "android"
 
 
 # The per-user stats view as feature_repo/definitions.py declared it until it was dropped (bench/user_stats.py
