@@ -71,6 +71,12 @@ class FeedbackCollector(Collector):
         for outcome, n in s.stats.registrations.items():
             registrations.add_metric([outcome], n)
         yield registrations
+        gaps = CounterMetricFamily("loopline_feedback_offset_jumps", "Polls that jumped past a partition's next "
+                                   "offset: fetched again, or accepted when the jump came again",
+                                   labels=["outcome"])
+        gaps.add_metric(["refetched"], s.gaps.refetched)
+        gaps.add_metric(["accepted"], s.gaps.accepted)
+        yield gaps
         collector = s.collector
         yield CounterMetricFamily("loopline_feedback_examples_kept", "Rows committed to the examples table by this "
                                   "process", value=collector.rows_committed)

@@ -62,6 +62,7 @@ from services.common.registry import bound_registry_requests
 from services.feedback.checkpoint import Checkpoint, CheckpointStore, CheckpointWriter
 from services.feedback.collect import Collector
 from services.feedback.decode import decode_batch
+from services.feedback.gaps import Gaps
 from services.feedback.guard import GuardSettings, PromotionGuard
 from services.feedback.history import decode, published_deltas, same_delta, sync_delta
 from services.feedback.intake import Record, far_future, rejected_letter
@@ -169,6 +170,7 @@ class FeedbackService:
         self._saving: tuple[dict[str, int], float, float] | None = None  # offsets, start and end of building
         self.stats = Stats(Counter(), Counter(), Counter())
         self.offsets: dict[str, int] = {}  # "topic:partition" -> next offset to read
+        self.gaps = Gaps()
         self.watermark = Watermark(settings.lateness_s, settings.idle_s)
         self.pacer = FeedbackPacer(settings.max_feedback_ahead_s)
         self._assigned: set[tuple[str, int]] = set()  # partitions this consumer reads now
@@ -459,7 +461,8 @@ class FeedbackService:
         next_champion_check = 0.0 if self.registrar is not None else math.inf
         try:
             while not stop.is_set():
-                records = [r for m in consumer.consume(num_messages=1000, timeout=0.1) if (r := _record(m))]
+                records = self._contiguous(consumer, [r for m in consumer.consume(num_messages=1000, timeout=0.1)
+                                                      if (r := _record(m))])
                 if records:
                     self.process_batch(records, time.time())
                 self._pace(consumer, time.time())
@@ -798,6 +801,16 @@ class FeedbackService:
             except Exception:
                 log.exception("no drift reference for v%d: drift monitoring is off", self.learner.base_version)
         self.observer = Observer(self.settings, reference, self.learner.base_version)
+
+    def _contiguous(self, consumer: Consumer, records: list[Record]) -> list[Record]:
+        """The poll's records without any after a jump in a partition's offsets, which is sought back
+        (services/feedback/gaps.py)."""
+        kept, seeks = self.gaps.contiguous(records, self.offsets)
+        for (topic, partition), offset in seeks.items():
+            log.warning("%s[%d]: the client skipped from offset %d; fetching from there again", topic, partition,
+                        offset)
+            consumer.seek(TopicPartition(topic, partition, offset))
+        return kept
 
     def _pace(self, consumer: Consumer, now: float) -> None:
         """Pause feedback partitions far ahead of their predictions, resume them once those caught up
