@@ -12,10 +12,10 @@ from __future__ import annotations
 import io
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, NamedTuple
 
 import pyarrow as pa
@@ -58,6 +58,26 @@ def rows_of(kept: list[Kept], written_at: float) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=SCHEMA)
 
 
+class Batch:
+    """One checkpoint's examples: built into table rows once, by whichever comes first, the checkpoint writer
+    (on its thread, so the loop goes on) or the commit."""
+
+    def __init__(self, kept: list[Kept] | None = None, written_at: float = 0.0, rows: pa.Table | None = None
+                 ) -> None:
+        self._kept, self._written_at, self._rows = kept or [], written_at, rows
+        self.size = len(self._kept) if rows is None else rows.num_rows
+        self._lock = threading.Lock()
+
+    def rows(self) -> pa.Table:
+        with self._lock:
+            if self._rows is None:
+                self._rows, self._kept = rows_of(self._kept, self._written_at), []
+            return self._rows
+
+    def parquet(self) -> bytes:
+        return _parquet(self.rows())
+
+
 @dataclass
 class Collector:
     """Rows released since the last checkpoint, and checkpointed batches not yet in the table."""
@@ -65,7 +85,7 @@ class Collector:
     table: ExamplesTable | None
     writer: str  # the table's transaction id for this service's commits
     pending: list[Kept] = field(default_factory=list)
-    unsaved: dict[int, pa.Table] = field(default_factory=dict)  # checkpoint number -> rows
+    unsaved: dict[int, Batch] = field(default_factory=dict)  # checkpoint number -> its examples
     rows_committed: int = 0
     failures: int = 0
 
@@ -77,14 +97,13 @@ class Collector:
         """At checkpoint `number`: the pending rows become its batch; every batch not yet committed goes into
         the checkpoint as a file."""
         if self.pending:
-            self.unsaved[number] = rows_of(self.pending, time.time())
+            self.unsaved[number] = Batch(self.pending, time.time())
             self.pending = []
-        # Encoded by the checkpoint writer (pyarrow lets the loop run meanwhile); tables are immutable.
-        return {f"examples-{n:012d}.parquet": partial(_parquet, rows) for n, rows in self.unsaved.items()}
+        return {f"examples-{n:012d}.parquet": batch.parquet for n, batch in self.unsaved.items()}
 
     def restore(self, files: dict[str, bytes]) -> None:
         self.pending = []
-        self.unsaved = {int(m.group(1)): pq.read_table(io.BytesIO(data)) for name, data in files.items()
+        self.unsaved = {int(m.group(1)): Batch(rows=pq.read_table(io.BytesIO(data))) for name, data in files.items()
                         if (m := BATCH_FILE.fullmatch(name))}
 
     def commit(self) -> bool:
@@ -95,7 +114,7 @@ class Collector:
             return True
         for number in sorted(self.unsaved):
             try:
-                done = self.table.append(self.unsaved[number], self.writer, number)
+                done = self.table.append(self.unsaved[number].rows(), self.writer, number)
             except Exception as exc:  # the table's store is down: the batch stays in the checkpoints
                 self.failures += 1
                 log.warning("examples table %s: commit %d failed (%s); retried after the next checkpoint",
@@ -107,7 +126,7 @@ class Collector:
 
     @property
     def waiting(self) -> int:
-        return len(self.pending) + sum(rows.num_rows for rows in self.unsaved.values())
+        return len(self.pending) + sum(batch.size for batch in list(self.unsaved.values()))
 
 
 def _parquet(rows: pa.Table) -> bytes:

@@ -253,11 +253,12 @@ class FeedbackService:
             "unknown_labels": dict(self.stats.unknown_labels),
             "next_registration": self.next_registration, "owed": self.owed, "guard": self.guard.to_json(),
         }
-        # The join store and the held-back set are copied here and serialized by the checkpoint writer.
+        # The join store, the held-back set and the trust records are copied here and serialized by the
+        # checkpoint writer.
         holdout = list(self.learner.holdout)
         files: dict[str, bytes | Callable[[], bytes]] = {
             HEAD: self.learner.model.to_bytes(), JOIN: self.store.frozen().to_bytes,
-            HOLDOUT: lambda: joined_to_bytes(holdout), TRUST: self.trust.to_bytes()}
+            HOLDOUT: lambda: joined_to_bytes(holdout), TRUST: self.trust.frozen_bytes()}
         if self.registering is not None:
             state["registering"], extra = _registering_to(self.registering)
             files |= extra

@@ -39,6 +39,7 @@ import hashlib
 import itertools
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,9 +139,17 @@ class UserTrust:
         return Verdict(record.trusted, int(counts[worst]), worst + 1, float(expected[worst]), float(p[worst]))
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"calibration": self.calibration, "records": [
-            [u, r.bits, base64.b64encode(r.expected).decode(), r.n, r.trusted, r.seen, r.corrections]
-            for u, r in self.records.items()]}).encode()
+        return self.frozen_bytes()()
+
+    def frozen_bytes(self) -> Callable[[], bytes]:
+        """`to_bytes` of the records as they are now, to call later on another thread: a cheap copy of each
+        record here, the encoding there (a checkpoint at thousands of users must not stop the loop)."""
+        calibration = self.calibration
+        rows = [(u, r.bits, r.expected, r.n, r.trusted, r.seen, None if r.corrections is None else dict(r.corrections))
+                for u, r in self.records.items()]
+        return lambda: json.dumps({"calibration": calibration, "records": [
+            [u, bits, base64.b64encode(expected).decode(), n, trusted, seen, corrections]
+            for u, bits, expected, n, trusted, seen, corrections in rows]}).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, settings: TrustSettings | None = None) -> UserTrust:
