@@ -120,6 +120,7 @@ class VersionKeeper:
         self.settings = settings
         self.registry = registry or Registry(settings)
         self.bundles = BaseBundles(self.registry, settings.state_dir / "feedback" / "bundles")
+        self._heads: dict[int, ServingHead] = {}  # at most one: see `_head_of`
 
     def champion(self) -> Version | None:
         return self.registry.champion()
@@ -128,12 +129,13 @@ class VersionKeeper:
         """The live head as a new version (or the one an earlier run of this registration made)."""
         base, key = learner.base_version, f"{learner.base_version}+ftrl.{learner.sequence}"
         existing = self.registry.find_tagged(HEAD_TAG, key)
-        comparison = learner.compare(ServingHead.from_model(self.bundles.head(base)))
+        comparison = learner.compare(self._head_of(base))
         if existing is not None:
             version, reused = existing, True
             log.info("v%d already holds %s (registered before a restart)", existing.version, key)
         else:
             version, reused = self._register(learner, key, offsets, trigger, comparison), False
+        self._heads = {version.version: learner.live}  # the next registration is compared with this one
         champion = self.champion()
         if champion is not None and champion.version == version.version:
             return Registered(version.version, True, "already champion", reused)
@@ -184,6 +186,15 @@ class VersionKeeper:
             self.bundles.adopt(version.version, bundle)
         log.info("registered the online head %s as v%d", key, version.version)
         return version
+
+    def _head_of(self, version: int) -> ServingHead:
+        """Registry version `version`'s head: the one this keeper registered last is still in memory (loading
+        and copying a head's arrays again took the registry thread a second of the loop's CPU)."""
+        head = self._heads.get(version)
+        if head is None:
+            head = ServingHead.from_model(self.bundles.head(version))
+            self._heads = {version: head}
+        return head
 
     def roll_back(self, version: int, to: int, reason: str) -> None:
         """The guard's rollback: why, on the version it leaves (first: whoever sees the alias move finds it),
