@@ -214,7 +214,7 @@ class FeedbackService:
         champion = self.keeper.champion()
         if champion is None:
             raise ServiceError(f"{self.keeper.registry.name} has no champion yet: run `loopline train` first")
-        return self.keeper.bundles.head(champion.version), champion.version
+        return self.keeper.start_head(champion.version), champion.version
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         state = checkpoint.state

@@ -187,6 +187,13 @@ class VersionKeeper:
         log.info("registered the online head %s as v%d", key, version.version)
         return version
 
+    def start_head(self, version: int) -> FTRLProximal:
+        """The head of `version` to start learning from; a copy of it stays for the first registration's
+        comparison (the learner changes its own in place)."""
+        head = self.bundles.head(version)
+        self._heads = {version: ServingHead.from_model(head)}
+        return head
+
     def _head_of(self, version: int) -> ServingHead:
         """Registry version `version`'s head: the one this keeper registered last is still in memory (loading
         and copying a head's arrays again took the registry thread a second of the loop's CPU)."""
