@@ -253,14 +253,23 @@ def link_unchanged(folder: str | Path, stored: Manifest, model: str, version: in
     return shared
 
 
+def check_linked_names(folder: str | Path, manifest: Manifest) -> None:
+    """Refuse a manifest whose linked files are not listed files inside `folder` (a crafted `../` name must not
+    be read, written or deleted)."""
+    folder = Path(folder).resolve()
+    for name in manifest.linked_files:
+        if name not in manifest.files or Path(name).is_absolute() or not (folder / name).resolve().is_relative_to(
+                folder):
+            raise BundleError(f"{name}: a linked file must be a listed file inside the bundle")
+
+
 def complete_links(folder: str | Path, source: str | Path) -> Manifest:
     """Copy the files a head-only bundle links to from `source` (the linked version's bundle), then verify."""
     folder, source = Path(folder), Path(source)
     manifest = verify_bundle(folder, allow_links=True)
+    check_linked_names(folder, manifest)
     for name in sorted(manifest.linked_files):
         target = folder / name
-        if name not in manifest.files or not target.resolve().is_relative_to(folder.resolve()):
-            raise BundleError(f"{name}: a linked file must be a listed file inside the bundle")
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / name, target)
@@ -273,6 +282,7 @@ def reuse_local_files(folder: str | Path, candidates: Sequence[str | Path]) -> l
     linked files still missing. `complete_links` or `verify_bundle` afterwards checks every byte."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    check_linked_names(folder, manifest)
     wanted = {name: manifest.files.get(name) for name in sorted(manifest.linked_files) if not (folder / name).exists()}
     for candidate in map(Path, candidates):
         if not wanted:
@@ -285,8 +295,6 @@ def reuse_local_files(folder: str | Path, candidates: Sequence[str | Path]) -> l
             source, target = candidate / name, folder / name
             if digest is None or theirs.files.get(name) != digest or not source.is_file():
                 continue
-            if not target.resolve().is_relative_to(folder.resolve()):
-                raise BundleError(f"{name}: a linked file must be a listed file inside the bundle")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
             del wanted[name]

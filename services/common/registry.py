@@ -23,7 +23,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema
 
-from models.bundle import BundleError, complete_links, reuse_local_files, verify_bundle
+from models.bundle import BundleError, check_linked_names, complete_links, reuse_local_files, verify_bundle
 from models.features import USER_FIELDS
 from services.common.settings import CommonSettings
 
@@ -250,22 +250,26 @@ def resolve_links(bundle: Path, model: str | None = None, local: Sequence[Path] 
     """Complete a head-only bundle with the files it shares with the version that stores them (no-op for a
     full one): from local bundles holding the same bytes first, then only the missing files from the registry."""
     manifest = verify_bundle(bundle, allow_links=True)
+    check_linked_names(bundle, manifest)
     if all((bundle / name).is_file() for name in manifest.linked_files):
         return
     missing = reuse_local_files(bundle, local)
-    if not missing:
-        try:
+    source_uri = f"models:/{manifest.linked.get('model') or model}/{manifest.linked_version}"
+    try:
+        if missing:
+            with tempfile.TemporaryDirectory(dir=bundle.parent) as tmp:
+                complete_links(bundle, _fetch_files(source_uri, missing, Path(tmp)))
+        else:
             verify_bundle(bundle)
-            return
-        except BundleError as exc:  # a local copy changed on disk after its manifest was written: fetch them all
-            log.warning("local copies of the files %s shares unusable (%s); fetching them", bundle, exc)
-            for shared in manifest.linked_files:
-                (bundle / shared).unlink(missing_ok=True)
-            missing = sorted(manifest.linked_files)
-    stored_with = manifest.linked.get("model") or model
+        return
+    except BundleError as exc:  # a local copy changed on disk after its manifest was written: fetch them all
+        if not local:
+            raise
+        log.warning("local copies of the files %s shares unusable (%s); fetching them", bundle, exc)
+    for shared in manifest.linked_files:
+        (bundle / shared).unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(dir=bundle.parent) as tmp:
-        source = _fetch_files(f"models:/{stored_with}/{manifest.linked_version}", missing, Path(tmp))
-        complete_links(bundle, source)
+        complete_links(bundle, _fetch_files(source_uri, sorted(manifest.linked_files), Path(tmp)))
 
 
 def _fetch_files(uri: str, names: Sequence[str], dest: Path) -> Path:

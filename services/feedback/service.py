@@ -45,7 +45,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from models.ftrl import FTRLProximal, HeadDelta
 from services.common.events import (
@@ -810,7 +810,11 @@ class FeedbackService:
         for (topic, partition), offset in seeks.items():
             log.warning("%s[%d]: the client skipped from offset %d; fetching from there again", topic, partition,
                         offset)
-            consumer.seek(TopicPartition(topic, partition, offset))
+            try:
+                consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:  # e.g. revoked meanwhile: whoever gets it starts from the checkpoint
+                log.warning("%s[%d]: seek back failed: %s", topic, partition, exc)
+                self.gaps.seeked.pop(f"{topic}:{partition}", None)
         return kept
 
     def _pace(self, consumer: Consumer, now: float) -> None:
@@ -851,7 +855,8 @@ class FeedbackService:
     def _save(self, producer: Producer, consumer: Consumer, wait: bool = False) -> bool:
         """Start a checkpoint, once everything produced so far is acknowledged and the previous checkpoint is
         on disk; False if it cannot start yet. With `wait`, return once it is on disk and offsets are committed."""
-        self._finish_save(consumer, wait)
+        # A base change or a hand-over (`_save_now`) must be on disk soon: it waits for the write in flight.
+        self._finish_save(consumer, wait or self._save_now)
         if self.writer.busy:
             return False
         waited = time.monotonic()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -68,10 +69,12 @@ class BaseBundles:
     def _get(self, version: int) -> Path:
         target = self.folder / f"v{version}"
         if version in self._verified and target.is_dir():
+            os.utime(target)  # in use: pruning keeps the folders used last
             return target
         if target.is_dir():
             try:
                 self._verified[version] = verify_bundle(target)
+                os.utime(target)
                 return target
             except Exception as exc:  # damaged on disk: fetch it again
                 log.warning("local copy of v%d unusable (%s); downloading again", version, exc)
@@ -100,7 +103,7 @@ class BaseBundles:
 
     def _prune(self) -> None:
         for old in sorted(self.folder.glob("v*"), key=lambda p: p.stat().st_mtime)[:-3]:
-            shutil.rmtree(old, ignore_errors=True)  # the base, its predecessor and one spare are enough
+            shutil.rmtree(old, ignore_errors=True)  # the three used last (the base, the newest, one spare)
             self._verified.pop(int(old.name.removeprefix("v")), None)
 
     def head(self, version: int) -> FTRLProximal:
@@ -135,7 +138,8 @@ class VersionKeeper:
             log.info("v%d already holds %s (registered before a restart)", existing.version, key)
         else:
             version, reused = self._register(learner, key, offsets, trigger, comparison), False
-        self._heads = {version.version: learner.live}  # the next registration is compared with this one
+        if not reused:  # a version found again by its key came from another run's history: read from the registry
+            self._heads = {version.version: learner.live}  # the next registration is compared with this one
         champion = self.champion()
         if champion is not None and champion.version == version.version:
             return Registered(version.version, True, "already champion", reused)
@@ -183,7 +187,10 @@ class VersionKeeper:
                 mlflow.log_metrics(metrics)
                 mlflow.log_params({"parent_version": base, "sequence": learner.sequence, "trigger": trigger})
                 version = self.registry.register(bundle, tags, description)
-            self.bundles.adopt(version.version, bundle)
+            try:
+                self.bundles.adopt(version.version, bundle)
+            except Exception as exc:  # only a local copy: the version is registered all the same
+                log.warning("v%d registered, not kept locally (%s): fetched when needed", version.version, exc)
         log.info("registered the online head %s as v%d", key, version.version)
         return version
 

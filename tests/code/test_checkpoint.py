@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -58,14 +59,22 @@ def test_a_write_interrupted_before_the_rename_leaves_the_previous_checkpoint(tm
 def test_the_writer_writes_one_checkpoint_at_a_time_with_the_state_it_was_given(tmp_path: Path) -> None:
     writer = CheckpointWriter(CheckpointStore(tmp_path))
     assert writer.written() is None and not writer.busy
-    first = checkpoint(1)
+    moved_on = threading.Event()
+
+    def head_bytes() -> bytes:  # serialized on the writer's thread, after the loop changed its state
+        assert moved_on.wait(10)
+        return b"h"
+
+    first = Checkpoint(1, {"offsets": {"feedback:0": 10}}, {"head.npz": head_bytes})
     writer.start(first)
     first.state["offsets"]["feedback:0"] = 999  # the loop moves on while the checkpoint is written
+    moved_on.set()
     with pytest.raises(RuntimeError, match="still being written"):
         writer.start(checkpoint(2))
     path = writer.written(wait=True)
     assert path is not None and not writer.busy
     assert read(path).state == {"offsets": {"feedback:0": 10}}, "the state as it was when writing started"
+    assert read(path).files == {"head.npz": b"h"}
     writer.close()
 
 

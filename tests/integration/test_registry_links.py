@@ -4,14 +4,15 @@ are copied from there; otherwise only those files, not the whole linked version,
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
 import pytest
 
 import services.common.registry as registry_module
-from models.bundle import ENCODER_FILE, HEAD_FILE, link_head, read_manifest, verify_bundle
-from services.common.registry import Registry
+from models.bundle import ENCODER_FILE, HEAD_FILE, BundleError, link_head, read_manifest, verify_bundle
+from services.common.registry import Registry, resolve_links
 from services.common.settings import CommonSettings
 from tests.conftest import TinyModel, head_copy
 from tests.integration.stack import register
@@ -47,11 +48,35 @@ def test_shared_files_held_locally_are_copied_not_fetched(versions, tmp_path: Pa
     assert (bundle / HEAD_FILE).read_bytes() != (held / HEAD_FILE).read_bytes()
 
 
-def test_without_a_local_copy_only_the_shared_files_are_fetched(versions, tmp_path: Path) -> None:
+def test_without_a_local_copy_only_the_shared_files_are_fetched(versions, tmp_path: Path, monkeypatch) -> None:
     registry, held, second = versions
+    asked: list[list[str]] = []
+    fetch = registry_module._fetch_files
+
+    def recording(uri: str, names, dest: Path) -> Path:
+        asked.append(list(names))
+        return fetch(uri, names, dest)
+
+    monkeypatch.setattr(registry_module, "_fetch_files", recording)
     bundle = registry.download(second, tmp_path / "v2")
-    assert verify_bundle(bundle).files == verify_bundle(registry.download(second, tmp_path / "again")).files
+    manifest = verify_bundle(bundle)
+    assert asked == [sorted(manifest.linked_files)], "the shared files only, not the linked version's whole bundle"
+    assert HEAD_FILE not in manifest.linked_files
     assert (bundle / ENCODER_FILE).read_bytes() == (held / ENCODER_FILE).read_bytes()
+
+
+def test_a_linked_name_outside_the_bundle_is_refused_before_anything_is_touched(versions, tmp_path: Path) -> None:
+    registry, held, second = versions
+    bundle = registry.download(second, tmp_path / "v2", local=[held])
+    victim = tmp_path / "outside.txt"
+    victim.write_text("must survive")
+    manifest = read_manifest(bundle)
+    crafted = replace(manifest, files={**manifest.files, "../outside.txt": "0" * 64},
+                      linked={**manifest.linked, "files": [*manifest.linked["files"], "../outside.txt"]})
+    (bundle / "manifest.json").write_text(crafted.to_json())
+    with pytest.raises(BundleError, match="inside the bundle"):
+        resolve_links(bundle, registry.name, [held])
+    assert victim.read_text() == "must survive"
 
 
 def test_a_local_copy_that_changed_on_disk_is_not_trusted(versions, tmp_path: Path) -> None:
