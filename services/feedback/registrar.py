@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,20 +248,25 @@ class Registrar:
             return ChampionSeen(base_version, None, error=_short(exc))
         if champion is None or champion.version == base_version:
             return ChampionSeen(base_version, champion)
+        # Reading model-updates ends only after 2 s without a record: it runs while the bundle is fetched.
+        history = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
         try:
-            published = self._published(champion.version)
+            deltas = history.submit(self._published, champion.version)
             if champion.tags.get(HEAD_TAG) in self._own_keys:
-                return ChampionSeen(base_version, champion, published=published)
+                return ChampionSeen(base_version, champion, published=deltas.result())
             bundles = self.keeper.bundles
             same_inputs = bundles.inputs(champion.version) == bundles.inputs(base_version)
             reference = None
             if self.drift and not same_inputs:
                 reference = load_reference(bundles.get(champion.version))
-            return ChampionSeen(base_version, champion, head=bundles.head(champion.version),
-                                same_inputs=same_inputs, reference=reference, published=published)
+            head = bundles.head(champion.version)
+            return ChampionSeen(base_version, champion, head=head, same_inputs=same_inputs, reference=reference,
+                                published=deltas.result())
         except Exception as exc:
             return ChampionSeen(base_version, champion, error=f"champion v{champion.version} not loaded: "
                                 f"{_short(exc)}")
+        finally:
+            history.shutdown(wait=False)
 
     def _published(self, version: int) -> tuple[ModelUpdate, ...]:
         if not self.servers:
