@@ -37,7 +37,11 @@ def loopline(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[st
 
 
 def port_flags() -> list[str]:
-    return [arg for name in PART_NAMES for arg in (f"--{name}-port", str(free_port()))]
+    ports: list[int] = []
+    while len(ports) < len(PART_NAMES):  # a port freed a moment ago can be handed out again: one per part
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    return [arg for name, port in zip(PART_NAMES, ports, strict=True) for arg in (f"--{name}-port", str(port))]
 
 
 def group_pids(state: Path) -> list[int]:
