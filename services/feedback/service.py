@@ -8,8 +8,10 @@ end of an update window, the window's examples are learned and judged
 Exactly-once effect: every `checkpoint_interval_s`, at a window boundary, once the
 broker has acknowledged every delta and dead letter produced so far, the head, the
 join store, the watermark and the next offset of every partition are checkpointed
-together; only then are the offsets committed to Kafka (for lag monitoring; the
-checkpoint is what a restart resumes from). Everything after the checkpoint is
+together: copied by the loop, written by the `CheckpointWriter` thread while the loop
+learns on; only once it is on disk are the offsets committed to Kafka (for lag
+monitoring; the checkpoint is what a restart resumes from) and its examples to the
+examples table. Everything after the checkpoint is
 replayed after a crash, and because windows are cut in event time the replay makes
 the same windows, the same decisions and the same deltas with the same sequence
 numbers, which serving skips as already applied.
