@@ -289,8 +289,7 @@ def _fetch_files(uri: str, names: Sequence[str], dest: Path) -> Path:
 def _bundle_path(model_dir: Path) -> Path | None:
     """Where the pyfunc model keeps its `bundle` artifact, as its MLmodel file records it."""
     relative = _bundle_relative(model_dir)
-    path = None if relative is None else model_dir / relative
-    return path if path is not None and path.is_dir() else None
+    return model_dir / relative if relative is not None and (model_dir / relative).is_dir() else None
 
 
 def _bundle_relative(model_dir: Path) -> str | None:

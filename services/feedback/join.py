@@ -247,7 +247,7 @@ class JoinStore:
                 if name in meta:  # checkpoints written before the columns
                     setattr(store, name, meta[name])
                 else:
-                    ids = _unpack(f, f"{name}_ids", f"{name}_chars")
+                    ids = _unpack(f, f"{name}_ids", f"{name}_chars", f"{name}_offsets")
                     setattr(store, name, dict(zip(ids, f[f"{name}_ts"].tolist(), strict=True)))
         n = meta["n_pending"]
         store.predictions = {p.prediction_id: p for p in preds[:n]}
@@ -322,15 +322,14 @@ def _pack(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.frombuffer("".join(strings).encode(), dtype=np.uint8), offsets
 
 
-def _unpack(f: Any, data: str, offsets: str) -> list[str]:
-    """What `_pack` wrote under `data` and `offsets`, the character offsets. Checkpoints written before them
-    hold byte offsets under the old name (`o_` for `c_`, `_offsets` for `_chars`)."""
+def _unpack(f: Any, data: str, chars: str, byte_offsets: str) -> list[str]:
+    """What `_pack` wrote under `data` and `chars` (character offsets); checkpoints written before those hold
+    byte offsets under `byte_offsets` instead."""
     raw = f[data].tobytes()
-    if offsets in f:
-        text, bounds = raw.decode(), f[offsets].tolist()  # Python ints: indexing numpy scalars is slow
+    if chars in f:
+        text, bounds = raw.decode(), f[chars].tolist()  # Python ints: indexing numpy scalars is slow
         return [text[start:end] for start, end in pairwise(bounds)]
-    old = offsets.replace("c_", "o_", 1) if offsets.startswith("c_") else offsets.replace("_chars", "_offsets")
-    return [raw[start:end].decode() for start, end in pairwise(f[old].tolist())]
+    return [raw[start:end].decode() for start, end in pairwise(f[byte_offsets].tolist())]
 
 
 def _predictions_to_arrays(preds: list[StoredPrediction]) -> dict[str, np.ndarray]:
@@ -360,8 +359,8 @@ def _predictions_from_arrays(f: Any) -> list[StoredPrediction]:
     indices, values, embeddings = f["indices"], f["values"], f["embeddings"]
     offsets, has_embedding, has_user = f["offsets"].tolist(), f["has_embedding"].tolist(), f["has_user"].tolist()
     ts, confidence = f["ts"].tolist(), f["confidence"].tolist()
-    strings = {name: _unpack(f, f"s_{name}", f"c_{name}") for name in STRING_FIELDS}
-    users = _unpack(f, "s_user", "c_user")
+    strings = {name: _unpack(f, f"s_{name}", f"c_{name}", f"o_{name}") for name in STRING_FIELDS}
+    users = _unpack(f, "s_user", "c_user", "o_user")
     out = []
     for i in range(len(ts)):
         out.append(StoredPrediction(
