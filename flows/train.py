@@ -57,8 +57,7 @@ from models.evaluate import Comparison, Evaluation, compare, evaluate, plot_conf
 from models.fallback import Fallback
 from models.features import FeatureSpec
 from models.train import featurize
-from services.common.examples import COLLECTED_THROUGH_TAG
-from services.common.registry import TAG_LIMIT, Registry, Version, class_tags
+from services.common.registry import COLLECTED_THROUGH_TAG, TAG_LIMIT, Registry, Version, class_tags
 from services.common.settings import CommonSettings
 
 DATASET_FILE = "dataset.parquet"  # the base rows a run used, with their split

@@ -54,9 +54,6 @@ SCHEMA = pa.schema([
 ])
 COLUMNS = tuple(SCHEMA.names)
 # Statistics on these let a read by time or verdict skip whole files.
-# Registry tag of a version trained on collected rows: the newest feedback time among them. The feedback
-# service learns again what its head learned after that when the version becomes champion.
-COLLECTED_THROUGH_TAG = "collected_through"
 STATS_COLUMNS = "feedback_ts,written_at,verdict,label"  # never user_id: the log outlives a deletion
 DELETE_CHUNK = 1_000  # event ids per delete statement
 COMPACT_EVERY = 100  # commits between compactions: many small files make every read and append slower

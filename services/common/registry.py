@@ -41,6 +41,9 @@ SIGNATURE = ModelSignature(
 RUNTIME_REQUIREMENTS = ["onnxruntime==1.31.1", "transformers==5.23.0", "torch==2.13.0", "numba==0.68.1",
                         "mmh3==5.3.1", "numpy", "scipy", "pandas"]
 TAG_LIMIT = 5000  # MLflow's column size for tag values (enforced by PostgreSQL, not SQLite)
+# Tag of a version trained on collected rows: the newest feedback time among them. When it becomes champion,
+# the feedback service learns again what its head learned after that, and serving holds it until then.
+COLLECTED_THROUGH_TAG = "collected_through"
 
 
 def bound_registry_requests(timeout_s: int = 10, retries: int = 1) -> None:

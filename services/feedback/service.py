@@ -59,8 +59,8 @@ from services.common.events import (
     DeadLetterReason,
     ModelUpdate,
 )
-from services.common.examples import COLLECTED_THROUGH_TAG, ExamplesTable
-from services.common.registry import bound_registry_requests
+from services.common.examples import ExamplesTable
+from services.common.registry import COLLECTED_THROUGH_TAG, bound_registry_requests
 from services.feedback.checkpoint import Checkpoint, CheckpointStore, CheckpointWriter
 from services.feedback.collect import Collector
 from services.feedback.decode import decode_batch

@@ -62,8 +62,9 @@ class FeedbackSettings(CommonSettings):
                                             "(MLFLOW_HTTP_REQUEST_TIMEOUT, if that is not set).")
     registry_request_retries: int = Field(1, ge=0, le=10, description="MLflow's own retries per request "
                                           "(MLFLOW_HTTP_REQUEST_MAX_RETRIES, if that is not set).")
-    champion_check_s: float = Field(30.0, gt=0.0, description="How often the registry's champion is checked "
-                                    "(a retrain that moved it restarts learning from it).")
+    champion_check_s: float = Field(10.0, gt=0.0, description="How often the registry's champion is checked "
+                                    "(a retrain that moved it restarts learning from it; serving holds such a "
+                                    "retrain until this service's catch-up delta for it arrives).")
     admin_token: SecretStr | None = Field(None, description="Bearer token `loopline promote` must send; "
                                           "unset: POST /promote is off.")
     drift: bool = Field(True, description="Monitor drift (needs a drift reference in the model bundle).")

@@ -66,6 +66,23 @@ class Metrics:
                              ["outcome"], registry=self.registry)
 
 
+def awaits_catch_up(version: int, tags: dict[str, str], snapshot: Snapshot, current: Snapshot | None,
+                    settings: ServingSettings) -> bool:
+    """Whether a new champion should wait behind the served head for the feedback service's catch-up delta.
+
+    A retrain on collected feedback read the examples table minutes before it was promoted; the online head
+    serving now learned on since. The feedback service relearns that on the retrain (same encoder and
+    features) and publishes it as the retrain's first delta. Served before that, the retrain alone would
+    answer worse than the head it replaces. Nothing else waits: not a rollback to an older version, an online
+    registration, a version with another encoder, nor one no feedback service (no broker) will update."""
+    from services.common.registry import COLLECTED_THROUGH_TAG  # with MLflow: imported once a registry is used
+
+    return (settings.catch_up_wait_s > 0 and settings.kafka_bootstrap_servers is not None and current is not None
+            and current.sequence > 0 and version > current.base_version and tags.get("source") == "train"
+            and bool(tags.get(COLLECTED_THROUGH_TAG)) and snapshot.encoder_identity == current.encoder_identity
+            and snapshot.spec == current.spec)
+
+
 class Service:
     """Everything a request needs, built once per process."""
 
@@ -81,13 +98,13 @@ class Service:
         self.features: Any = None  # a Feast store, when the state folder has one
         self.feature_state = "disabled"  # disabled, loading, ok, unreachable
         self.registry: Any = None  # services.common.registry.Registry unless serving a bundle folder
-        # The served version's download stays until the next one replaces it: files they share are copied.
-        self._served: tuple[tempfile.TemporaryDirectory[str], Path] | None = None
+        # The served (and held) versions' downloads stay until others replace them: files they share are copied.
+        self._folders: dict[int, tuple[tempfile.TemporaryDirectory[str], Path]] = {}
         self._loading = threading.Lock()
         self.updates = UpdateFollower(
             self.store, settings.model_name, settings.kafka_bootstrap_servers,
-            champion=None if settings.bundle else self._champion, load=self.load_version,
-            alias_check_s=settings.champion_check_s)
+            champion=None if settings.bundle else self._champion, load=self.follow_champion,
+            alias_check_s=settings.champion_check_s, swapped=self.prune_downloads)
 
     def _predict_batch(self, items: list[Item]) -> list[tuple[Snapshot, Any]]:
         snapshot, batch, proba = self.store.predict([t for t, _ in items], [u for _, u in items])
@@ -109,8 +126,9 @@ class Service:
         champion = self._registry().champion()
         return None if champion is None else int(champion.version)
 
-    def load_version(self, version: int | None = None) -> Snapshot:
-        """Load a registry version (default: `@champion`) or the configured bundle folder."""
+    def load_version(self, version: int | None = None, hold: bool = False) -> Snapshot:
+        """Load a registry version (default: `@champion`) or the configured bundle folder. With `hold`, a
+        retrain that the feedback service will catch up (`awaits_catch_up`) is held until its first delta."""
         if self.settings.bundle is not None:
             # Without a registry the folder is the one version there is; serving it under another number
             # would report a version that was never loaded.
@@ -129,31 +147,52 @@ class Service:
             raise LoadError(f"{registry.name} has no champion yet: run `loopline train`")
         with self._loading:
             folder = download_folder(self.settings.state_dir)
-            held = [self._served[1]] if self._served is not None else []
             try:
                 try:
-                    # Files shared with the served version (its encoder) are copied from its folder.
-                    bundle = registry.download(target.version, Path(folder.name), local=held)
+                    # Files shared with a version at hand (its encoder) are copied from its folder.
+                    bundle = registry.download(target.version, Path(folder.name),
+                                               local=[b for _, b in self._folders.values()])
                 except Exception as exc:  # any download or verification failure is a refused load...
                     if _unreachable(exc):  # ...but a registry that went away is not the version's fault: retried
                         raise
                     self.store.failed_loads += 1
                     raise LoadError(f"version {target.version} refused: {exc}") from exc
-                snapshot = self.store.load_bundle(bundle, target.version)
+                snapshot = self.store.prepare(bundle, target.version)
             except BaseException:
                 folder.cleanup()
                 raise
-            previous, self._served = self._served, (folder, bundle)
-            if previous is not None:
-                previous[0].cleanup()
+            replaced = self._folders.pop(target.version, None)
+            self._folders[target.version] = (folder, bundle)
+            if replaced is not None:
+                replaced[0].cleanup()
+            if hold and awaits_catch_up(target.version, target.tags, snapshot, self.store.current, self.settings):
+                self.store.hold(snapshot, self.settings.catch_up_wait_s)
+            else:
+                self.store.serve(snapshot)
+            self._prune_downloads()
             return snapshot
+
+    def follow_champion(self, version: int) -> Snapshot:
+        """What the update follower loads when the alias moved: a retrain to be caught up waits for it."""
+        return self.load_version(version, hold=True)
+
+    def prune_downloads(self) -> None:
+        """Remove the downloads of versions neither served nor held."""
+        with self._loading:
+            self._prune_downloads()
+
+    def _prune_downloads(self) -> None:
+        current, held = self.store.current, self.store.held
+        keep = {s.base_version for s in (current, held.snapshot if held else None) if s is not None}
+        for version in [v for v in self._folders if v not in keep]:
+            self._folders.pop(version)[0].cleanup()
 
     def release_download(self) -> None:
         """Remove the served version's download folder (at shutdown)."""
         with self._loading:
-            if self._served is not None:
-                self._served[0].cleanup()
-                self._served = None
+            for folder, _ in self._folders.values():
+                folder.cleanup()
+            self._folders.clear()
 
     def open_features(self) -> None:
         """Open the state folder's Feast store if the train flow made one (importing Feast takes seconds)."""
@@ -345,9 +384,11 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         snapshot = service.store.current
         if snapshot is None:
             raise HTTPException(503, "no model loaded yet")
+        held = service.store.held
         return CurrentModel(version=snapshot.version, base_version=snapshot.base_version,
                             online_sequence=snapshot.sequence, loaded_at=snapshot.loaded_at, lineage=snapshot.lineage,
-                            classes=list(snapshot.classes), fallback=snapshot.fallback.to_dict())
+                            classes=list(snapshot.classes), fallback=snapshot.fallback.to_dict(),
+                            held_version=held.snapshot.base_version if held else None)
 
     @app.post("/v1/admin/reload", response_model=CurrentModel, dependencies=[Depends(admin)])
     async def reload() -> CurrentModel:

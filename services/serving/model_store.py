@@ -4,6 +4,12 @@ A request reads `store.current` once and uses that snapshot to the end, so it
 is answered by one model version, which its response names. Full versions are
 verified (sha256 of every file, head/spec/encoder consistency) before they
 replace anything; a failed load leaves the current snapshot serving.
+
+A version can also be *held*: loaded and verified, but not served until its first
+head delta arrives (or a wait runs out). A retrain on collected feedback is such a
+version: the feedback service follows it with a catch-up delta of what the online
+head learned while the retrain ran, and until then the online head it replaces
+knows more than the retrain alone.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from models.train import featurize
 from services.common.events import ModelUpdate
 
 log = logging.getLogger(__name__)
-DeltaOutcome = Literal["applied", "stale", "other_version", "gap"]
+DeltaOutcome = Literal["applied", "stale", "other_version", "gap", "caught_up"]
 
 
 @dataclass(frozen=True)
@@ -61,18 +67,40 @@ class LoadError(Exception):
     """A model version could not be loaded; the current one keeps serving."""
 
 
+@dataclass(frozen=True)
+class Held:
+    """A loaded version waiting for its first delta before it serves."""
+
+    snapshot: Snapshot
+    since: float  # monotonic
+    wait_s: float  # served as it is once this has passed
+
+
 class ModelStore:
     """Holds the current snapshot; loads full versions and applies head deltas atomically."""
 
     def __init__(self, threads: int = 1) -> None:
         self.threads = threads
         self.current: Snapshot | None = None
+        self.held: Held | None = None
         self.swaps = 0
         self.failed_loads = 0
         self._write = threading.Lock()  # writers only; readers take the reference without locking
 
     def load_bundle(self, folder: Path, version: int) -> Snapshot:
         """Verify and load a bundle folder as registry version `version`, then swap it in."""
+        snapshot = self.prepare(folder, version)
+        self.serve(snapshot)
+        return snapshot
+
+    def serve(self, snapshot: Snapshot) -> None:
+        """Swap `snapshot` in; a version held until now is dropped (another one serves instead)."""
+        with self._write:
+            self.held = None
+            self._swap(snapshot)
+
+    def prepare(self, folder: Path, version: int) -> Snapshot:
+        """Verify and load a bundle folder as registry version `version`, without serving it."""
         current = self.current
         # Online versions share their base's encoder: keeping its session skips the costliest part of a load.
         loaded = (current.encoder_identity, current.encoder) if current is not None else None
@@ -82,12 +110,28 @@ class ModelStore:
             self.failed_loads += 1
             raise LoadError(f"version {version} refused: {exc}") from exc
         manifest = predictor.manifest
-        snapshot = Snapshot(predictor.encoder, ServingHead.from_model(predictor.head), predictor.spec, version,
-                            lineage=dict(manifest.lineage), fallback=manifest.fallback_policy,
-                            encoder_identity=manifest.encoder_identity)
+        return Snapshot(predictor.encoder, ServingHead.from_model(predictor.head), predictor.spec, version,
+                        lineage=dict(manifest.lineage), fallback=manifest.fallback_policy,
+                        encoder_identity=manifest.encoder_identity)
+
+    def hold(self, snapshot: Snapshot, wait_s: float) -> None:
+        """Keep serving the current snapshot until `snapshot`'s first delta arrives or `wait_s` passes."""
         with self._write:
-            self._swap(snapshot)
-        return snapshot
+            self.held = Held(snapshot, time.monotonic(), wait_s)
+        log.info("v%d held behind %s until its first update (at most %.0f s)", snapshot.base_version,
+                 self.current.version if self.current else "nothing", wait_s)
+
+    def release_expired(self) -> Snapshot | None:
+        """Serve a held version whose wait ran out, as it is; returns it if so."""
+        with self._write:
+            held = self.held
+            if held is None or time.monotonic() - held.since < held.wait_s:
+                return None
+            self.held = None
+            log.warning("no update on held v%d within %.0f s: serving it as it is", held.snapshot.base_version,
+                        held.wait_s)
+            self._swap(replace(held.snapshot, loaded_at=time.time()))
+            return held.snapshot
 
     def apply(self, update: ModelUpdate) -> DeltaOutcome:
         """Apply the next head delta of the current version.
@@ -100,20 +144,26 @@ class ModelStore:
         if update.kind != "delta" or update.delta is None:
             raise ValueError("not a delta update")
         with self._write:
-            current = self.current
-            if current is None or update.base_version != current.base_version:
+            held = self.held
+            target: Snapshot | None = self.current
+            outcome: DeltaOutcome = "applied"
+            if held is not None and update.base_version == held.snapshot.base_version:
+                target, outcome = held.snapshot, "caught_up"  # the held version's first delta: it serves now
+            if target is None or update.base_version != target.base_version:
                 return "other_version"
-            if update.sequence <= current.sequence:
+            if update.sequence <= target.sequence:
                 return "stale"
-            if update.sequence > current.sequence + 1:
+            if update.sequence > target.sequence + 1:
                 return "gap"
             try:
-                head = current.head.apply(HeadDelta.from_bytes(base64.b64decode(update.delta)))
+                head = target.head.apply(HeadDelta.from_bytes(base64.b64decode(update.delta)))
             except (ValueError, OSError) as exc:
                 self.failed_loads += 1
                 raise LoadError(f"delta {update.version} refused: {exc}") from exc
-            self._swap(replace(current, head=head, sequence=update.sequence, loaded_at=time.time()))
-        return "applied"
+            if outcome == "caught_up":
+                self.held = None
+            self._swap(replace(target, head=head, sequence=update.sequence, loaded_at=time.time()))
+        return outcome
 
     def predict(self, texts: Sequence[str], users: Sequence[Mapping[str, Any] | None] | None = None
                 ) -> tuple[Snapshot, Batch, np.ndarray]:

@@ -64,6 +64,9 @@ class CurrentModel(BaseModel):
     classes: list[str] = Field(description="The intents this model answers with, from its training data.")
     fallback: dict[str, Any] = Field(description="When it answers with fallback: threshold, out-of-scope class, "
                                      "and the precision and coverage measured when the threshold was chosen.")
+    held_version: int | None = Field(None, description="A new champion retrained on collected feedback, loaded "
+                                     "and waiting for its catch-up delta before it answers (LOOPLINE_CATCH_UP_WAIT_S "
+                                     "at most); null when none waits.")
 
 
 class RollbackRequest(Strict):

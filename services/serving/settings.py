@@ -31,6 +31,9 @@ class ServingSettings(CommonSettings):
     max_body_bytes: int = Field(1_000_000, ge=1, description="Larger request bodies are refused with 413.")
     champion_check_s: float = Field(30.0, ge=0.0, description="How often to look for a moved `champion` "
                                     "alias besides model-updates notices; 0: only on notices.")
+    catch_up_wait_s: float = Field(60.0, ge=0.0, description="A new champion retrained on collected feedback "
+                                   "keeps the online head serving until the feedback service's catch-up delta "
+                                   "for it arrives, or at most this long; 0: serve it at once.")
     bundle: Path | None = Field(None, description="Serve this bundle folder instead of the registry's @champion.")
 
     _no_placeholder = field_validator("admin_token")(refuse_placeholder_token)

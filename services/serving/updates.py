@@ -7,6 +7,10 @@ full-version notice, like the periodic check of the alias, loads the champion in
 this thread when the alias has moved, so deltas made on the new version wait in the
 topic until it is in, and a load never races a delta.
 
+A retrain on collected feedback is loaded and held behind the online head until its
+first delta (the feedback service's catch-up) or `ServingSettings.catch_up_wait_s`;
+this thread serves it then.
+
 The alias, not the notice, decides which full version serves: `loopline models
 rollback` moves it back and announces the older version, and an old notice replayed
 from the topic moves nothing because the alias did not change.
@@ -32,7 +36,7 @@ log = logging.getLogger(__name__)
 
 REPLAY_WAIT_S = 30.0  # a broker that cannot be read at start does not keep a replica unready longer than this
 OUTCOMES = ("applied", "stale", "other_version", "gap", "other_model", "invalid", "refused", "loaded",
-            "registry_unreachable")
+            "registry_unreachable", "held", "caught_up", "hold_expired")
 
 
 class UpdateFollower:
@@ -40,7 +44,8 @@ class UpdateFollower:
 
     def __init__(self, store: ModelStore, model_name: str, bootstrap_servers: str | None, *,
                  champion: Callable[[], int | None] | None, load: Callable[[int], Any],
-                 alias_check_s: float = 30.0, topic: str = MODEL_UPDATES) -> None:
+                 alias_check_s: float = 30.0, topic: str = MODEL_UPDATES,
+                 swapped: Callable[[], None] | None = None) -> None:
         self.store = store
         self.model_name = model_name
         self.bootstrap_servers = bootstrap_servers
@@ -48,6 +53,7 @@ class UpdateFollower:
         self.load = load
         self.alias_check_s = alias_check_s
         self.topic = topic
+        self.swapped = swapped  # called after a held version starts serving (its old downloads can go)
         self.outcomes: Counter[str] = Counter(dict.fromkeys(OUTCOMES, 0))
         self.last_champion: int | None = None
         self._refused: int | None = None  # a champion that failed to load is not fetched again by itself
@@ -94,6 +100,9 @@ class UpdateFollower:
         except (LoadError, ValueError) as exc:
             log.error("model-updates: %s", exc)
             return self._count("refused")
+        if outcome == "caught_up":
+            log.info("model-updates: %s arrived: the held v%d serves now", update.version, update.base_version)
+            self._swapped()
         if outcome == "gap":
             current = self.store.current
             log.error("model-updates: %s arrived but %s is serving; waiting for the next full version",
@@ -118,6 +127,7 @@ class UpdateFollower:
         log.info("champion is v%d now (was v%s): loading it", champion, self.last_champion)
         try:
             self.load(champion)
+            held = self.store.held
         except LoadError as exc:
             log.error("champion v%d not loaded, the previous model keeps serving: %s", champion, exc)
             self._refused = champion
@@ -126,7 +136,17 @@ class UpdateFollower:
             log.warning("champion v%d not fetched, keeping %s: %s", champion, self.last_champion, exc)
             return "registry_unreachable"
         self.last_champion, self._refused = champion, None
-        return "loaded"
+        return "held" if held is not None and held.snapshot.base_version == champion else "loaded"
+
+    def release_expired_hold(self) -> None:
+        """Serve a held version whose wait for its first delta ran out."""
+        if self.store.held is not None and self.store.release_expired() is not None:
+            self._count("hold_expired")
+            self._swapped()
+
+    def _swapped(self) -> None:
+        if self.swapped is not None:
+            self.swapped()
 
     def _count(self, outcome: str) -> str:
         self.outcomes[outcome] += 1
@@ -137,6 +157,7 @@ class UpdateFollower:
         next_check = 0.0
         try:
             while not self._stop.is_set():
+                self.release_expired_hold()
                 if self.champion is not None and self.alias_check_s > 0 and time.monotonic() >= next_check:
                     next_check = time.monotonic() + self.alias_check_s
                     outcome = self.check_alias()

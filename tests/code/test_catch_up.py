@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from services.common.events import MODEL_UPDATES, ModelUpdate
-from services.common.examples import COLLECTED_THROUGH_TAG
-from services.common.registry import Version
+from services.common.registry import COLLECTED_THROUGH_TAG, Version
 from services.feedback.history import decode
 from services.feedback.registrar import ChampionSeen
 from services.feedback.settings import FeedbackSettings

@@ -70,3 +70,42 @@ def test_a_version_on_the_same_encoder_reuses_the_loaded_session(trained, tiny_b
     write_manifest(other, SPEC, list(second.classes), encoder=read_manifest(other).encoder)
     third = store.load_bundle(other, version=3)
     assert third.encoder is not first.encoder, "another tokenizer makes another encoder"
+
+
+def test_a_held_version_serves_from_its_first_delta_and_the_live_head_learns_until_then(trained, tiny_bundle) -> None:
+    encoder, head, texts = trained
+    store = ModelStore()
+    store.load_bundle(tiny_bundle("v3"), version=3)
+    retrain = store.prepare(tiny_bundle("v4"), version=4)
+    store.hold(retrain, wait_s=60.0)
+    assert store.current.version == "3" and store.held is not None, "held: the live head keeps answering"
+
+    learner = head_copy(head)
+    learner.mark()
+    batch = featurize(texts[:64], encoder.encode(texts[:64]), SPEC)
+    learner.learn_many(batch, np.zeros(64, dtype=np.int64))
+    assert store.apply(_delta(learner, base=3, sequence=1)) == "applied", "deltas on the live head still apply"
+    assert store.current.version == "3+ftrl.1" and store.held is not None
+    assert store.release_expired() is None, "the wait has not run out"
+
+    assert store.apply(_delta(learner, base=4, sequence=2)) == "gap", "the held version's first delta is 1"
+    assert store.apply(_delta(learner, base=4, sequence=1)) == "caught_up"
+    assert store.current.version == "4+ftrl.1" and store.held is None
+    np.testing.assert_allclose(store.predict(texts[:64])[2], learner.predict_proba_many(batch), atol=1e-4)
+
+
+def test_a_held_version_without_a_delta_serves_once_its_wait_runs_out(tiny_bundle) -> None:
+    store = ModelStore()
+    store.load_bundle(tiny_bundle("v3"), version=3)
+    store.hold(store.prepare(tiny_bundle("v4"), version=4), wait_s=0.0)
+    assert store.release_expired() is not None
+    assert store.current.version == "4" and store.held is None
+    assert store.release_expired() is None
+
+
+def test_serving_another_version_drops_the_held_one(tiny_bundle) -> None:
+    store = ModelStore()
+    store.load_bundle(tiny_bundle("v3"), version=3)
+    store.hold(store.prepare(tiny_bundle("v4"), version=4), wait_s=60.0)
+    store.load_bundle(tiny_bundle("v2"), version=2)  # a rollback
+    assert store.current.version == "2" and store.held is None

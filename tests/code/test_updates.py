@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,31 @@ def test_a_registry_that_fails_mid_load_is_retried_later_not_refused(store) -> N
     assert follower.check_alias() == "registry_unreachable"
     follower.load = registry.load
     assert follower.check_alias() == "loaded" and follower.last_champion == 8
+
+
+def test_a_held_champion_serves_from_its_catch_up_delta_or_when_its_wait_runs_out(store, trained, tmp_path,
+                                                                                  tiny_bundle) -> None:
+    registry, swapped = Registry(champion=4), []
+
+    def hold(version: int) -> None:
+        store.hold(store.prepare(tiny_bundle(f"v{version}"), version), wait_s=60.0)
+
+    follower = UpdateFollower(store, "m", None, champion=registry.champion, load=hold, alias_check_s=0,
+                              swapped=lambda: swapped.append(store.current.version))
+    follower.start(serving_champion=4)
+    registry.alias = 5
+    assert follower.handle(full(5)) == "held" and store.current.version == "4"
+    assert follower.handle(deltas(trained, tmp_path, base=4, n=1)[0]) == "applied", "the live head learns on"
+    assert follower.handle(deltas(trained, tmp_path, base=5, n=1)[0]) == "caught_up"
+    assert store.current.version == "5+ftrl.1" and swapped == ["5+ftrl.1"]
+
+    registry.alias = 6
+    assert follower.handle(full(6)) == "held"
+    follower.release_expired_hold()
+    assert store.current.version == "5+ftrl.1", "60 s have not passed"
+    store.held = replace(store.held, wait_s=0.0)
+    follower.release_expired_hold()
+    assert store.current.version == "6" and follower.outcomes["hold_expired"] == 1 and swapped[-1] == "6"
 
 
 class Topic:
