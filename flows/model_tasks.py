@@ -129,7 +129,7 @@ def build_bundle(compiled: Compiled, head: FTRLProximal, encoder_ref: str, metri
     out.mkdir(parents=True)
     (out / ENCODER_FILE).write_bytes(compiled.onnx)
     encoder = load_encoder(encoder_ref)
-    encoder.tokenizer.save_pretrained(out / TOKENIZER_DIR)
+    encoder.save_tokenizer(out / TOKENIZER_DIR)
     head.save(out / HEAD_FILE)
     if reference is not None:
         reference.save(out / DRIFT_REFERENCE_DIR)

@@ -119,4 +119,14 @@ class Encoder:
 
     def save(self, path: str | Path) -> None:
         self.model.save_pretrained(path)
+        self.save_tokenizer(path)
+
+    def save_tokenizer(self, path: str | Path) -> None:
+        """The tokenizer without the padding and truncation its last call left behind. A fast tokenizer's
+        saved JSON records them, so the same tokenizer was written differently after a different last call
+        (its sha256 too): versions on one encoder then looked like two encoders. Every call sets both."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            backend.no_truncation()
+            backend.no_padding()
         self.tokenizer.save_pretrained(path)

@@ -141,3 +141,19 @@ def test_linked_files_come_from_a_local_bundle_only_where_its_manifest_names_the
     assert not (tmp_path / "v2" / ENCODER_FILE).exists(), "other bytes under the same name are not the same file"
     assert reuse_local_files(tmp_path / "v2", [v1]) == []
     assert verify_bundle(tmp_path / "v2").files[ENCODER_FILE] == read_manifest(v1).files[ENCODER_FILE]
+
+
+def test_a_tokenizer_is_saved_the_same_whatever_its_last_call_was(tmp_path: Path) -> None:
+    """Its saved JSON used to record the last call's padding and truncation, so an unchanged encoder was
+    stored again under another sha256 (and serving saw two encoders)."""
+    import hashlib
+
+    from models.encoder import Encoder
+
+    encoder = Encoder.tiny_random(seed=3)
+    encoder.save_tokenizer(tmp_path / "fresh")
+    encoder.encode(["set an alarm for seven", "what is the weather like in paris tomorrow"])
+    encoder.save_tokenizer(tmp_path / "after")
+    for name in sorted(p.name for p in (tmp_path / "fresh").iterdir()):
+        digests = {hashlib.sha256((tmp_path / d / name).read_bytes()).hexdigest() for d in ("fresh", "after")}
+        assert len(digests) == 1, name
