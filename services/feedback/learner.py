@@ -180,6 +180,15 @@ class OnlineLearner:
         labels = np.array([self.model.class_index[j.feedback.label] for j in examples])
         return self._learn_judged(self.batch(examples), labels, examples, report)
 
+    def unchanged_update(self, window_end: float) -> WindowReport:
+        """A published update that changes no weight: it tells serving, which holds a new version until its
+        first update, that this head is as current as it gets (a catch-up with nothing to add, or refused)."""
+        delta = self.model.delta()  # nothing pending: after a reset, or an undone window
+        if len(delta.rows) or delta.dense_weights is not None:
+            raise RuntimeError("learned weights are pending: they would go out unjudged")
+        self.sequence += 1
+        return WindowReport(window_end, 0, 0, 0, 0, 0.0, "published", sequence=self.sequence, delta=delta)
+
     def _learn_judged(self, batch: Batch, labels: np.ndarray, learned: list[Joined],
                       report: WindowReport) -> WindowReport:
         """Learn `batch`; keep it if the held-back set does not judge the result worse than the live head."""

@@ -726,8 +726,9 @@ class FeedbackService:
         log.info("catch-up on v%d, %.1f s after asking the registry: %d learned examples with feedback after %s, "
                  "%s%s", self.learner.base_version, time.monotonic() - self._asked_at, len(missed), collected_through,
                  report.decision, gate)
-        if report.decision == "published":
-            self._publish(producer, report)
+        if report.decision != "published":  # serving holds the new version until its first update: send one
+            report = self.learner.unchanged_update(self.last_window_end or 0.0)
+        self._publish(producer, report)
 
     def _drop_registration(self, version: int, old_base: int) -> None:
         """A registration in hand on the old base is moot once another champion is learned on: were it to

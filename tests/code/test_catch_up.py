@@ -74,3 +74,21 @@ def test_a_retrain_that_read_no_collected_examples_gets_no_catch_up(settings: Fe
     sent = retrain_promoted(svc, trained, {COLLECTED_THROUGH_TAG: ""})  # trained with --no-collected
     assert svc.learner.base_version == 2 and not sent.updates() and not svc.learner.recent
     assert not any(k.startswith("catch_up") for k in svc.stats.registrations)
+
+
+def test_a_retrain_that_read_everything_gets_an_update_that_changes_nothing(settings: FeedbackSettings,
+                                                                          trained: TinyModel) -> None:
+    """Serving holds the retrain until its first update: with nothing to catch up, that update still comes."""
+    svc = service(settings, trained)
+    feed(svc, stream(trained, n=300, seed=33), {})
+    finish(svc, {})
+    newest = max(j.feedback.ts for j in svc.learner.recent)
+    sent = retrain_promoted(svc, trained, {COLLECTED_THROUGH_TAG: f"{newest:.3f}"})
+    assert svc.stats.registrations["catch_up_empty"] == 1
+    [update] = sent.updates()
+    assert (update.base_version, update.sequence) == (2, 1) and svc.learner.sequence == 1
+    delta = decode(update)
+    assert delta.rows.size == 0 and delta.dense_weights is None
+    before = svc.learner.live.predict_proba_many(svc.learner.batch(list(svc.learner.holdout)))
+    assert (svc.learner.live.apply(delta).predict_proba_many(svc.learner.batch(list(svc.learner.holdout)))
+            == before).all(), "the update changes no weight"
