@@ -147,8 +147,10 @@ def test_a_service_that_lost_its_state_brings_serving_to_its_own_head(serving: S
         service.process.stop()
 
 
-def test_new_phrasing_is_learned_flagged_as_drift_and_triggers_a_retrain(
+def test_new_phrasing_is_learned_flagged_as_drift_and_the_retrain_event_reaches_prefect(
         serving: Serving, trained: TinyModel, prefect_server: str, tmp_path: Path) -> None:
+    # That the event ends in a completed retrain run, on a stack with its runner, is
+    # tests/integration/test_stack_cli.py's drift test; here no runner is started.
     # A retrained champion, as the train flow would deploy it: the service starts learning on it.
     base = serving.register(head_copy(trained[1]), trained, "retrained")
     serving.registry.promote(base, "retrain")
