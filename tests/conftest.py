@@ -11,6 +11,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import prometheus_client  # noqa: F401  before anything imports Feast: see below
 import pytest
 
 from models.bundle import DRIFT_REFERENCE_DIR, ENCODER_FILE, HEAD_FILE, TOKENIZER_DIR, write_manifest
@@ -24,6 +25,10 @@ from models.train import HeadConfig, featurize, train_head, user_records
 from services.feedback.drift import DriftSettings, Reference, build_reference
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+# Importing Feast 0.67 sets PROMETHEUS_MULTIPROC_DIR, and prometheus_client decides at its own import whether
+# metric values live in shared files. Imported after Feast (an integration module collected first), every
+# serving app the tests build in this process added to the same counters, and a test that reads "1.0" from
+# /metrics failed depending on which modules were collected. The services import prometheus_client first.
 
 
 def import_bench(monkeypatch: pytest.MonkeyPatch, name: str) -> ModuleType:
