@@ -18,7 +18,9 @@ examples (500 at the defaults: 5% of HWU64's training split).
 
 Published examples are also kept, the last `recent_size` of them: when a retrain
 becomes champion, the service learns again on its head (`catch_up`, through the same
-gate) those its training data did not include.
+gate) those its training data did not include. A uniform sample of them is learned
+again beside each window's new examples (`replay.py`): up to `replay_factor` per new
+example, at most `replay_cap` a window.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import scipy.sparse as sp
 from models.ftrl import Batch, FTRLProximal, HeadDelta, RowState
 from models.serving_head import ServingHead
 from services.feedback.join import Joined
+from services.feedback.replay import ReplayPool
 
 Decision = Literal["published", "rejected", "no_evidence", "empty"]
 
@@ -48,6 +51,9 @@ class LearnSettings:
     gate_z: float = 1.64  # ...beyond which the loss must also be significant (one-sided, paired)
     batch_size: int = 32  # learn_many steps once per mini-batch with summed gradients: as in training
     recent_size: int = 10_000  # learned examples kept for a catch-up onto a retrained head (about 25 MB)
+    replay_size: int = 2_000  # the pool earlier examples are replayed from (checkpointed)
+    replay_factor: float = 2.0  # replayed examples per new learned example in a window...
+    replay_cap: int = 500  # ...and at most this many a window, so a busy window costs little more
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,7 @@ class OnlineLearner:
         self.live = ServingHead.from_model(model)
         self.holdout: deque[Joined] = deque(maxlen=self.settings.holdout_size)
         self.recent: deque[Joined] = deque(maxlen=self.settings.recent_size)  # learned and published, in order
+        self.replay = ReplayPool(self.settings.replay_size)
         self.progress = Progress()
         model.mark()
 
@@ -166,7 +173,8 @@ class OnlineLearner:
         if len(learn) == 0:
             return report
 
-        return self._learn_judged(batch.take(learn), labels[learn], [examples[int(i)] for i in learn], report)
+        new = [examples[int(i)] for i in learn]
+        return self._learn_judged(batch.take(learn), labels[learn], new, report, rehearse=True)
 
     def catch_up(self, examples: Sequence[Joined], window_end: float) -> WindowReport:
         """Learn examples an earlier head learned after this head's training data was read (a retrain
@@ -190,8 +198,11 @@ class OnlineLearner:
         return WindowReport(window_end, 0, 0, 0, 0, 0.0, "published", sequence=self.sequence, delta=delta)
 
     def _learn_judged(self, batch: Batch, labels: np.ndarray, learned: list[Joined],
-                      report: WindowReport) -> WindowReport:
-        """Learn `batch`; keep it if the held-back set does not judge the result worse than the live head."""
+                      report: WindowReport, rehearse: bool = False) -> WindowReport:
+        """Learn `batch`; keep it if the held-back set does not judge the result worse than the live head.
+        Then, with `rehearse`, replay earlier examples on top, judged the same way and undone alone if
+        worse: the new examples are judged as if there were no replay, so replayed ones cannot hide a
+        harmful window."""
         undo = self.model.state_of(batch.sparse.tocsr().indices)
         self.model.learn_in_batches(batch, labels, self.settings.batch_size)
 
@@ -199,17 +210,39 @@ class OnlineLearner:
         truth = np.array([self.model.class_index[j.feedback.label] for j in self.holdout])
         live_right = self.live.predict_proba_many(judge).argmax(axis=1) == truth
         cand_right = self.model.predict_proba_many(judge).argmax(axis=1) == truth
-        report = replace(report, live_accuracy=float(live_right.mean()), candidate_accuracy=float(cand_right.mean()))
         if self._worse(live_right, cand_right):
             self._undo(undo)
-            return replace(report, decision="rejected")
+            return replace(report, decision="rejected", live_accuracy=float(live_right.mean()),
+                           candidate_accuracy=float(cand_right.mean()))
+        if rehearse:
+            cand_right = self._rehearse(len(labels), judge, truth, live_right, cand_right)
+        report = replace(report, live_accuracy=float(live_right.mean()), candidate_accuracy=float(cand_right.mean()))
 
         delta = self.model.delta()
         self.model.mark()
         self.live.apply(delta, in_place=True)  # the learner's own copy: no one else reads it
         self.sequence += 1
         self.recent.extend(learned)
+        self.replay.add(learned)
         return replace(report, decision="published", sequence=self.sequence, delta=delta)
+
+    def _rehearse(self, new: int, judge: Batch, truth: np.ndarray, live_right: np.ndarray,
+                  cand_right: np.ndarray) -> np.ndarray:
+        """Learn a reproducible sample of earlier examples; keep it unless the held-back set judges the
+        result worse than the live head. Returns what the head now gets right on that set."""
+        s = self.settings
+        replayed = self.replay.sample(min(int(s.replay_factor * new), s.replay_cap), (self.base_version, self.sequence))
+        if not replayed:
+            return cand_right
+        batch = self.batch(replayed)
+        undo = self.model.state_of(batch.sparse.tocsr().indices)
+        self.model.learn_in_batches(batch, np.array([self.model.class_index[j.feedback.label] for j in replayed]),
+                                    s.batch_size)
+        rehearsed_right = self.model.predict_proba_many(judge).argmax(axis=1) == truth
+        if self._worse(live_right, rehearsed_right):
+            self.model.restore(undo)  # back to the judged window; its rows stay marked for the delta
+            return cand_right
+        return rehearsed_right
 
     def compare(self, other: ServingHead) -> Comparison | None:
         """How the live head does against `other` (e.g. the registry version it started from), or None
@@ -232,6 +265,7 @@ class OnlineLearner:
             self.holdout = deque(kept, maxlen=self.settings.holdout_size)
         self.recent = deque((j for j in self.recent if j.prediction.user_id not in users),
                             maxlen=self.settings.recent_size)
+        self.replay.keep(lambda j: j.prediction.user_id not in users)
         return dropped
 
     def rebase(self, version: int) -> None:

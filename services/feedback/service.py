@@ -90,6 +90,7 @@ from services.feedback.registrar import (
     Registering,
     Registrar,
 )
+from services.feedback.replay import ReplayPool
 from services.feedback.settings import FeedbackSettings
 from services.feedback.trust import TrustSettings, UserTrust
 from services.feedback.versions import HEAD_TAG, VersionKeeper
@@ -98,6 +99,7 @@ log = logging.getLogger(__name__)
 HEAD = "head.npz"
 JOIN = "join.npz"
 HOLDOUT = "holdout.npz"
+REPLAY = "replay.npz"
 TRUST = "trust.json"
 REGISTERING_HEAD = "registering-head.npz"
 REGISTERING_HOLDOUT = "registering-holdout.npz"
@@ -167,6 +169,7 @@ class FeedbackService:
         # and counting them neither as pending nor as learned made a busy service look idle.
         self.learning_now = 0
         self._save_now = False  # a base change is checkpointed at once
+        self._replay_written: tuple[ReplayPool, int, bytes] | None = None
         self.checkpoints = CheckpointStore(settings.state_dir / "feedback" / "checkpoints", settings.checkpoints_kept)
         self.writer = CheckpointWriter(self.checkpoints)
         self._saving: tuple[dict[str, int], float, float] | None = None  # offsets, start and end of building
@@ -198,7 +201,8 @@ class FeedbackService:
     def _learn_settings(self) -> LearnSettings:
         s = self.settings
         return LearnSettings(holdout_share=s.holdout_share, holdout_size=s.holdout_size,
-                             min_holdout=s.min_holdout, gate_margin=s.gate_margin, recent_size=s.catch_up_size)
+                             min_holdout=s.min_holdout, gate_margin=s.gate_margin, recent_size=s.catch_up_size,
+                             replay_size=s.replay_size, replay_factor=s.replay_factor, replay_cap=s.replay_cap)
 
     def _guard_settings(self) -> GuardSettings:
         return GuardSettings(events=self.settings.guard_events, margin=self.settings.guard_margin)
@@ -223,6 +227,8 @@ class FeedbackService:
         model = FTRLProximal.from_bytes(checkpoint.data(HEAD))
         self.learner = OnlineLearner(model, state["base_version"], self._learn_settings(), state["sequence"])
         self.learner.holdout.extend(joined_from_bytes(checkpoint.data(HOLDOUT)))
+        if REPLAY in checkpoint.files:  # older checkpoints have none: the pool refills from what is learned
+            self.learner.replay.add(joined_from_bytes(checkpoint.data(REPLAY)))
         self.learner.progress = Progress.from_json(state["progress"])
         self.store = JoinStore.from_bytes(checkpoint.data(JOIN), self._join_settings())
         self.offsets = {k: int(v) for k, v in state["offsets"].items()}
@@ -260,13 +266,29 @@ class FeedbackService:
         holdout = list(self.learner.holdout)
         files: dict[str, bytes | Callable[[], bytes]] = {
             HEAD: self.learner.model.to_bytes(), JOIN: self.store.frozen().to_bytes,
-            HOLDOUT: lambda: joined_to_bytes(holdout), TRUST: self.trust.frozen_bytes()}
+            HOLDOUT: lambda: joined_to_bytes(holdout), TRUST: self.trust.frozen_bytes(),
+            REPLAY: self._replay_bytes()}
         if self.registering is not None:
             state["registering"], extra = _registering_to(self.registering)
             files |= extra
         self.checkpoint_number += 1
         files |= self.collector.seal(self.checkpoint_number)
         return Checkpoint(self.checkpoint_number, state, files)
+
+    def _replay_bytes(self) -> bytes | Callable[[], bytes]:
+        """The replay pool, serialized by the writer; once the pool is full it seldom changes, and an
+        unchanged pool reuses the bytes the last checkpoint wrote."""
+        pool, changes = self.learner.replay, self.learner.replay.changes
+        written = self._replay_written
+        if written is not None and written[0] is pool and written[1] == changes:
+            return written[2]
+        examples = pool.examples()
+
+        def encode() -> bytes:
+            data = joined_to_bytes(examples)
+            self._replay_written = (pool, changes, data)  # set by the writer thread: one atomic assignment
+            return data
+        return encode
 
     # -- processing (no I/O: testable without a broker) -----------------------------------------
 
@@ -695,6 +717,7 @@ class FeedbackService:
         self._base_head = None
         if same_inputs:
             self.learner.holdout.extend(j for j in old.holdout if j.feedback.label in head.class_index)
+            self.learner.replay.add(j for j in old.replay.examples() if j.feedback.label in head.class_index)
         self.accepted_bases = (self.accepted_bases if same_inputs else set()) | {version}
         self.stats.registrations["reset"] += 1
         if seen.champion is not None and seen.champion.tags.get("source") == "train" and version > old.base_version:

@@ -38,6 +38,12 @@ class FeedbackSettings(CommonSettings):
     catch_up_size: int = Field(10_000, ge=0, description="Recently learned examples kept in memory (about 2.5 KB "
                                "each): when a retrain that read the examples table becomes champion, those with "
                                "feedback newer than what it read are learned again on its head.")
+    replay_factor: float = Field(2.0, ge=0.0, description="Earlier learned examples learned again beside each new "
+                                 "one in a window (rehearsal: one online pass ends about a point below batch "
+                                 "training without it); 0: off.")
+    replay_cap: int = Field(500, ge=0, description="At most this many replayed examples a window.")
+    replay_size: int = Field(2_000, ge=0, description="Learned examples kept, a uniform sample of all of them, to "
+                             "replay from (checkpointed).")
     trust_alpha: float = Field(3e-3, ge=0.0, lt=1.0, description="Feedback from a user whose recent "
                                "disagreements with the served intent are this unlikely, given how sure the model "
                                "was, goes to the DLQ as untrusted_user and is not learned; 0: trust every user.")

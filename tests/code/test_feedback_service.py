@@ -19,9 +19,10 @@ from models.traffic import TrafficConfig, generate
 from models.train import featurize
 from services.common.events import FEEDBACK, PREDICTIONS, FeedbackEvent, LoggedFeatures, PredictionEvent
 from services.feedback.intake import Record, dead_letter
+from services.feedback.join import Joined
 from services.feedback.learner import WindowReport
 from services.feedback.metrics import FeedbackCollector
-from services.feedback.service import FeedbackService
+from services.feedback.service import REPLAY, FeedbackService
 from services.feedback.settings import FeedbackSettings
 from tests.conftest import SPEC, TinyModel, head_copy
 
@@ -145,6 +146,24 @@ def test_a_restart_from_a_checkpoint_learns_exactly_what_an_uninterrupted_run_do
         np.testing.assert_array_equal(getattr(resumed.learner.model, name), getattr(steady.learner.model, name))
     assert resumed.learner.progress == steady.learner.progress, "every event scored exactly once"
     assert resumed.stats.windows == steady.stats.windows
+    # Windows replayed earlier examples from a pool the checkpoint carried: the same pool at the end.
+    assert len(steady.learner.replay) > 0
+    assert ids(resumed.learner.replay.examples()) == ids(steady.learner.replay.examples())
+
+
+def test_a_checkpoint_from_before_replay_resumes_with_an_empty_pool(settings, trained) -> None:
+    svc, deltas = service(settings, trained), {}
+    feed(svc, arrival(stream(trained), seed=1), deltas)
+    checkpoint = svc.checkpoint()
+    assert len(svc.learner.replay) > 0 and REPLAY in checkpoint.files
+    older = replace(checkpoint, files={k: v for k, v in checkpoint.files.items() if k != REPLAY})
+    svc.checkpoints.save(older)
+    resumed = FeedbackService(settings)
+    assert len(resumed.learner.replay) == 0 and resumed.learner.sequence == svc.learner.sequence
+
+
+def ids(examples: list[Joined]) -> list[str]:
+    return [j.feedback.event_id for j in examples]
 
 
 def test_a_damaged_newest_checkpoint_is_skipped_reported_and_the_one_before_it_resumed(

@@ -65,8 +65,10 @@ def test_clean_windows_are_published_and_deltas_rebuild_the_live_head(learner: O
 
 
 def test_a_label_flip_flood_is_rejected_and_leaves_no_trace(learner: OnlineLearner, trained: TinyModel) -> None:
-    clean = examples(trained, 400, seed=12)
-    for i in range(0, 400, 100):
+    # Enough clean windows that the flood's own held-back share (a fifth of it) is a minority of the set
+    # that judges it: with 400, the flood's 40 were a third of the set and judged on each other.
+    clean = examples(trained, 800, seed=12)
+    for i in range(0, 800, 100):
         learner.learn_window(clean[i:i + 100], window_end=i + 100.0)
     before = FTRLProximal.from_bytes(learner.model.to_bytes())
     sequence = learner.sequence
@@ -109,3 +111,31 @@ def test_catch_up_learns_what_an_earlier_head_learned_through_the_gate(learner: 
     assert OnlineLearner(head_copy(trained[1]), 3, learner.settings).catch_up(learned, 700.0).decision == "no_evidence"
     flipped = examples(trained, 300, seed=15, flip=True)
     assert fresh.catch_up(flipped, window_end=800.0).decision == "rejected"
+
+
+def test_windows_replay_earlier_examples_and_a_harmful_replay_is_undone_alone(trained: TinyModel) -> None:
+    def learner(replay_factor: float) -> OnlineLearner:
+        return OnlineLearner(head_copy(trained[1]), base_version=1, settings=LearnSettings(
+            holdout_share=0.2, min_holdout=40, replay_factor=replay_factor))
+
+    stream = examples(trained, 600, seed=16)
+    plain, rehearsing = learner(0.0), learner(2.0)
+    for i in range(0, 600, 150):
+        a = plain.learn_window(stream[i:i + 150], window_end=i + 150.0)
+        b = rehearsing.learn_window(stream[i:i + 150], window_end=i + 150.0)
+        assert a.decision == b.decision == "published"
+    assert len(plain.replay) == len(rehearsing.replay) > 0  # both keep a pool; only one replays from it
+    assert not np.array_equal(plain.model.w_dense, rehearsing.model.w_dense)
+
+    # A pool of wrong labels (as if the labels had changed meaning): the window is learned and published,
+    # the replay on top is judged worse and undone, leaving exactly the window's own learning.
+    poisoned, alone = learner(2.0), learner(0.0)
+    for one in (poisoned, alone):
+        one.holdout.extend(stream[:200])
+    poisoned.replay.add(examples(trained, 300, seed=17, flip=True))
+    window = stream[200:350]
+    a, b = poisoned.learn_window(window, 400.0), alone.learn_window(window, 400.0)
+    assert a.decision == b.decision == "published"
+    for name in ("z_sparse", "n_sparse", "w_sparse", "z_dense", "n_dense", "w_dense"):
+        np.testing.assert_array_equal(getattr(poisoned.model, name), getattr(alone.model, name))
+    np.testing.assert_array_equal(poisoned.live.w_sparse, alone.live.w_sparse)
