@@ -109,6 +109,7 @@ T0 = 1_800_000_000.0  # event time of the first streamed prediction
 DELAY_S = (1.0, 10.0)  # feedback comes this long after its prediction (uniform)
 TICK_S = 0.1  # the service loop ticks after each poll of at most 0.1 s
 BOOTSTRAP = 10_000
+VALIDATION_SEED = 1234  # --validation's split: apart from the run's seeds, which cut the flow's own split
 TAIL_WINDOWS = 5  # (c) also reported as the mean test accuracy after each of its last windows: one window moves it
 # Feedback-service settings the bench reports (and checks are at their defaults).
 LEARNING_SETTINGS = ("update_interval_s", "lateness_s", "idle_s", "feedback_wait_s", "prediction_ttl_s",
@@ -129,6 +130,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "of them always")
     parser.add_argument("--limit", type=_limit, default=None,
                         help="N[,M]: only N training rows (and M test rows), a seeded near-even draw per intent")
+    parser.add_argument("--validation", type=float, default=0.0, metavar="SHARE",
+                        help="score on this share of the training file (stratified, seeded) instead of --test, "
+                             "which is not read: for choosing settings; the rest trains")
     parser.add_argument("--shots", type=int, default=10, help="rows per intent of the few-shot champion (b)")
     parser.add_argument("--rate", type=float, default=50.0, help="(c): predictions = feedback events per second "
                         "of event time")
@@ -167,14 +171,27 @@ def take(frame: pd.DataFrame, n: int | None) -> pd.DataFrame:
 
 
 def load(args: argparse.Namespace, work: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """Training and test rows, validated as the product loads datasets; the path the flow reads."""
+    """Training and test rows, validated as the product loads datasets; the path the flow reads. With
+    `--validation`, the test rows are a seeded stratified share of the training file and the test file is
+    never read: settings are chosen there."""
     limit_train, limit_test = args.limit or (None, None)
-    train, test = take(load_dataset(args.train), limit_train), take(load_dataset(args.test), limit_test)
+    if args.validation:
+        rows = load_dataset(args.train)
+        train, test = stratified_split(rows, args.validation, VALIDATION_SEED)
+        train, test = take(train, limit_train), take(test, limit_test)
+    else:
+        train, test = take(load_dataset(args.train), limit_train), take(load_dataset(args.test), limit_test)
     path = str(args.train)
-    if limit_train is not None:
-        path = str(work / "train-limited.csv")
+    if limit_train is not None or args.validation:
+        path = str(work / "train-used.csv")
         train[["text", "label"]].to_csv(path, index=False)
     return train, test, path
+
+
+def stratified_split(rows: pd.DataFrame, share: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`share` of every label's rows (seeded) apart from the rest, both in their original order."""
+    held = rows.groupby("label", group_keys=False).sample(frac=share, random_state=seed).index
+    return rows.drop(index=held).reset_index(drop=True), rows.loc[sorted(held)].reset_index(drop=True)
 
 
 @dataclass
@@ -895,7 +912,9 @@ def run_real_data(args: argparse.Namespace) -> dict[str, Any]:
                 f"CPython {platform.python_version()}")
     console.rule(f"[bold]loopline on HWU64 (real data): encoder {args.encoder}, {args.seeds} seed(s)")
     console.print(f"hardware: {hardware}", highlight=False)
-    console.print(f"data: {args.train}, {args.test}; {CITATION}", highlight=False)
+    scored_on = (f"a {args.validation:.0%} validation split of {args.train} (seed {VALIDATION_SEED}; the test "
+                 f"file is not read)" if args.validation else str(args.test))
+    console.print(f"data: {args.train}, scored on {scored_on}; {CITATION}", highlight=False)
     console.print(SETTINGS_NOTE, highlight=False)
     if args.encoder == "tiny":
         console.print("[yellow]tiny random encoder: a test run, its figures say nothing about MiniLM[/]")
@@ -923,7 +942,9 @@ def run_real_data(args: argparse.Namespace) -> dict[str, Any]:
         "encoder": "tiny (random tiny BERT, test run: not MiniLM figures)" if args.encoder == "tiny" else
                    "minilm (all-MiniLM-L6-v2; deployed as the flow's fused INT8 ONNX)",
         "dataset": {"name": "HWU64" if args.train == DATA / "train.csv" else f"{args.train.name} (not HWU64)",
-                    "citation": CITATION, "train": str(args.train), "test": str(args.test),
+                    "citation": CITATION, "train": str(args.train),
+                    "test": (f"validation:{args.validation}:seed={VALIDATION_SEED}" if args.validation
+                             else str(args.test)),
                     "n_train": len(train), "n_test": len(test), "n_classes": int(train["label"].nunique()),
                     "limit": args.limit, "made_up_users": args.users},
         "settings_note": SETTINGS_NOTE,

@@ -115,3 +115,16 @@ def test_a_tiny_run_reports_every_row_with_consistent_counts(real_data, tmp_path
 
 def teardown_module() -> None:
     sys.modules.pop("real_data", None)  # another test may import a module of that name
+
+
+def test_validation_scores_on_a_stratified_share_of_the_training_file_and_never_reads_test(real_data, tmp_path
+                                                                                           ) -> None:
+    train, _ = made_up(per_intent_train=20, per_intent_test=0)
+    train.to_csv(tmp_path / "train.csv", index=False)
+    args = real_data.parse_args(["--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "absent.csv"),
+                                 "--validation", "0.25"])
+    fitted, scored, path = real_data.load(args, tmp_path)
+    assert len(scored) == len(train) // 4 and len(fitted) + len(scored) == len(train)
+    assert (scored["label"].value_counts() == 5).all(), "a quarter of every intent"
+    assert not set(zip(scored["text"], scored["label"])) & set(zip(fitted["text"], fitted["label"]))
+    assert sorted(pd.read_csv(path)["text"]) == sorted(fitted["text"]), "the flow trains on the rest only"
